@@ -1,0 +1,197 @@
+r"""Gaussian and Gaussian-mixture data whose noised marginals are known exactly: the book's ground truth.
+
+For $p_0=\sum_k\pi_k N(\mu_k,\mathrm{diag}(s_k))$ and $x_t=\alpha_t x_0+\sigma_t\epsilon$,
+
+$$p_t=\sum_k\pi_k N(\alpha_t\mu_k, \alpha_t^2 s_k+\sigma_t^2),\qquad
+\nabla\log p_t(x)=\sum_k r_k(x)\frac{\alpha_t\mu_k-x}{\alpha_t^2s_k+\sigma_t^2},$$
+
+with responsibilities $r_k(x)\propto\pi_kN(x;\alpha_t\mu_k,\alpha_t^2 s_k+\sigma_t^2)$, and per component
+$E[x_0\mid x,k]=\mu_k+\frac{\alpha_t s_k}{\alpha_t^2s_k+\sigma_t^2}(x-\alpha_t\mu_k)$,
+$E[\epsilon\mid x,k]=\frac{\sigma_t}{\alpha_t^2s_k+\sigma_t^2}(x-\alpha_t\mu_k)$.
+Everything is computed in float64 with log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import batch_time, bcast, one_of
+from .param import KINDS, Denoiser, from_x0_eps
+from .schedules import Schedule
+
+__all__ = ["GaussianMixture", "Gaussian", "ring", "song_ermon", "AnalyticDenoiser"]
+
+_F64 = torch.float64
+
+
+class GaussianMixture:
+    """A mixture of Gaussians with diagonal covariances in any dimension.
+
+    Args:
+        means: (K, D) component means.
+        variances: scalar, (K,) (isotropic per component) or (K, D) (diagonal) variances, all > 0.
+        weights: (K,) non-negative mixture weights (normalised here); default uniform.
+    """
+
+    def __init__(self, means, variances=1.0, weights=None):
+        means = torch.as_tensor(means, dtype=_F64)
+        if means.dim() != 2 or means.shape[0] < 1 or means.shape[1] < 1:
+            raise ValueError(f"means must have shape (K, D) with K, D >= 1; got {tuple(means.shape)}")
+        K, D = means.shape
+        var = torch.as_tensor(variances, dtype=_F64)
+        if var.dim() == 0:
+            var = var.expand(K, D)
+        elif var.shape == (K,):
+            var = var[:, None].expand(K, D)
+        elif var.shape != (K, D):
+            raise ValueError(f"variances must be a scalar, shape ({K},) or ({K}, {D}); got {tuple(var.shape)}")
+        if not (torch.isfinite(var).all() and (var > 0).all()):
+            raise ValueError("variances must be positive and finite")
+        if weights is None:
+            weights = torch.full((K,), 1.0 / K, dtype=_F64)
+        weights = torch.as_tensor(weights, dtype=_F64)
+        if weights.shape != (K,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"weights must be {K} non-negative numbers with a positive sum; got {weights.tolist()}")
+        self.means, self.variances = means.clone(), var.clone().contiguous()
+        self.weights = weights / weights.sum()
+        self.log_weights = torch.log(self.weights)
+
+    def __repr__(self):
+        return f"GaussianMixture(K={self.n_components}, D={self.dim})"
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    # ---------------------------------------------------------------------------------------------
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != self.dim:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"x must be a tensor of shape (B, {self.dim}); got {shape}")
+        return x.to(_F64)
+
+    def _scales(self, x, t, schedule):
+        """alpha, sigma per sample (B, 1, 1) in float64; t=None means the data distribution."""
+        if t is None:
+            one = torch.ones(x.shape[0], 1, 1, dtype=_F64, device=x.device)
+            return one, torch.zeros_like(one)
+        if schedule is None:
+            raise ValueError("a schedule is required when t is given")
+        t = batch_time(t, x).to(_F64)
+        return schedule.alpha(t)[:, None, None], schedule.sigma(t)[:, None, None]
+
+    def _posterior(self, x, t, schedule):
+        x = self._check_x(x)
+        a, s = self._scales(x, t, schedule)
+        m = a * self.means[None]                     # (B, K, D)
+        v = a**2 * self.variances[None] + s**2       # (B, K, D)
+        diff = x[:, None, :] - m
+        logn = -0.5 * (torch.log(2 * math.pi * v) + diff**2 / v).sum(-1)  # (B, K)
+        joint = self.log_weights[None] + logn
+        logp = torch.logsumexp(joint, dim=1)
+        r = torch.softmax(joint, dim=1)
+        return x, a, s, v, diff, r, logp
+
+    def log_prob(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
+        r"""$\log p_t(x)$ (shape (B,), float64); ``t=None`` gives the data density $p_0$."""
+        return self._posterior(x, t, schedule)[-1]
+
+    def responsibilities(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
+        """Posterior component probabilities r_k(x) under p_t, shape (B, K)."""
+        return self._posterior(x, t, schedule)[5]
+
+    def score(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
+        r"""$\nabla_x\log p_t(x)$, shape (B, D), float64."""
+        _, _, _, v, diff, r, _ = self._posterior(x, t, schedule)
+        return (r[..., None] * (-diff / v)).sum(1)
+
+    def x0_eps(self, x: torch.Tensor, t, schedule: Schedule):
+        r"""Exact $(E[x_0\mid x_t], E[\epsilon\mid x_t])$, each (B, D), float64."""
+        if t is None:
+            raise ValueError("x0_eps needs a time t and a schedule")
+        x, a, s, v, diff, r, _ = self._posterior(x, t, schedule)
+        x0 = (r[..., None] * (self.means[None] + a * self.variances[None] / v * diff)).sum(1)
+        eps = (r[..., None] * (s / v * diff)).sum(1)
+        return x0, eps
+
+    def predict(self, x: torch.Tensor, t, schedule: Schedule, kind: str = "eps") -> torch.Tensor:
+        """The exact prediction of ``kind`` (one of dlib.param.KINDS) at (x, t)."""
+        one_of(kind, KINDS, "prediction kind")
+        if kind == "score":  # direct formula: stable also where sigma_t is tiny
+            return self.score(x, t, schedule)
+        x0, eps = self.x0_eps(x, t, schedule)
+        return from_x0_eps(x0, eps, kind, x.to(_F64), t, schedule)
+
+    def denoiser(self, schedule: Schedule) -> "AnalyticDenoiser":
+        """This model's exact predictions wrapped as a :class:`dlib.param.Denoiser` (the oracle)."""
+        return AnalyticDenoiser(self, schedule)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact samples of p_0, shape (n, D), float64."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer; got {n!r}")
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, dtype=_F64, generator=generator)
+        return self.means[k] + self.variances[k].sqrt() * z
+
+    def mean(self) -> torch.Tensor:
+        """E[x_0], shape (D,)."""
+        return (self.weights[:, None] * self.means).sum(0)
+
+    def covariance(self) -> torch.Tensor:
+        """Cov[x_0], shape (D, D)."""
+        mu = self.mean()
+        second = sum(w * (torch.diag(v) + torch.outer(m, m)) for w, m, v in zip(self.weights, self.means, self.variances))
+        return second - torch.outer(mu, mu)
+
+
+class AnalyticDenoiser(Denoiser):
+    """The exact denoiser of a :class:`GaussianMixture` (every kind computed directly, no division by
+    a vanishing alpha or sigma)."""
+
+    def __init__(self, model: GaussianMixture, schedule: Schedule):
+        super().__init__(lambda x, t: model.predict(x, t, schedule, "eps"), schedule, "eps")
+        self.model = model
+
+    def __repr__(self):
+        return f"AnalyticDenoiser({self.model!r}, schedule={self.schedule!r})"
+
+    def predict(self, x, t, kind=None):
+        self.nfe += 1
+        out = self.model.predict(x, batch_time(t, x), self.schedule, kind or self.kind)
+        return out.to(x.dtype)
+
+    def x0_eps(self, x, t):
+        self.nfe += 1
+        x0, eps = self.model.x0_eps(x, batch_time(t, x), self.schedule)
+        return x0.to(x.dtype), eps.to(x.dtype)
+
+
+def Gaussian(mean, variance=1.0) -> GaussianMixture:
+    """A single Gaussian N(mean, diag(variance)) as a one-component mixture."""
+    mean = torch.as_tensor(mean, dtype=_F64)
+    if mean.dim() != 1:
+        raise ValueError(f"mean must be a 1-D vector; got shape {tuple(mean.shape)}")
+    var = torch.as_tensor(variance, dtype=_F64)
+    var = var[None] if var.dim() == 1 else var
+    return GaussianMixture(mean[None], var)
+
+
+def ring(k: int = 8, radius: float = 4.0, std: float = 0.5, weights=None) -> GaussianMixture:
+    """k isotropic 2-D Gaussians evenly spaced on a circle (the classic "8 Gaussians")."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}")
+    ang = torch.arange(k, dtype=_F64) * (2 * math.pi / k)
+    means = radius * torch.stack([ang.cos(), ang.sin()], 1)
+    return GaussianMixture(means, std**2, weights)
+
+
+def song_ermon() -> GaussianMixture:
+    r"""Song & Ermon's (2019) example $\tfrac15N((-5,-5),I)+\tfrac45N((5,5),I)$ with separated modes."""
+    return GaussianMixture([[-5.0, -5.0], [5.0, 5.0]], 1.0, [0.2, 0.8])

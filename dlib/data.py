@@ -1,0 +1,128 @@
+r"""Offline data sets: 2-D toy distributions and the 8x8 digits bundled with scikit-learn.
+
+Every function is deterministic given ``seed`` and returns float32 torch tensors (labels: int64).
+
+* :func:`two_moons`, :func:`checkerboard`, :func:`swiss_roll`, dispatched by :func:`toy_2d`.
+* :func:`digits`  1797 grey-scale 8x8 digits, pixels mapped to $[-1, 1]$, with a seeded split.
+* :func:`to_images` reshapes flat digits (N, 64) to (N, 1, 8, 8); :func:`batches` draws minibatches.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits, make_moons, make_swiss_roll
+
+from ._checks import one_of
+
+__all__ = ["two_moons", "checkerboard", "swiss_roll", "toy_2d", "TOY_2D", "digits", "to_images", "batches"]
+
+
+def _count(n, name: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive integer; got {n!r}")
+    return int(n)
+
+
+def _noise(noise) -> float:
+    try:
+        v = float(noise)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"noise must be a finite number >= 0; got {noise!r}")
+    return v
+
+
+def two_moons(n: int, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
+    r"""``n`` points of the two-moons data set, shape (n, 2).
+
+    scikit-learn's moons span $x\in[-1,2]$, $y\in[-0.5,1]$; they are mapped by the fixed affine map
+    $z = 1.5\,(p - (0.5, 0.25))$, which centres them and gives a per-coordinate scale of order one
+    (the same map for every seed and ``n``, so that densities stay comparable).
+    """
+    n, noise = _count(n), _noise(noise)
+    x, _ = make_moons(n_samples=n, noise=noise, random_state=seed)
+    x = 1.5 * (x - np.array([0.5, 0.25]))
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+def checkerboard(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` points uniform on the 8 dark squares of a 4x4 checkerboard covering [-4, 4]^2, shape (n, 2).
+
+    Squares have side 2; square ``(i, j)`` (column, row from the bottom left) is dark when
+    ``i + j`` is even. A square is chosen uniformly, then a point uniformly inside it.
+    """
+    n = _count(n)
+    g = torch.Generator().manual_seed(seed)
+    dark = torch.tensor([[i, j] for i in range(4) for j in range(4) if (i + j) % 2 == 0], dtype=torch.float32)
+    corner = dark[torch.randint(len(dark), (n,), generator=g)]
+    return -4.0 + 2.0 * (corner + torch.rand(n, 2, generator=g))
+
+
+def swiss_roll(n: int, noise: float = 0.5, seed: int = 0) -> torch.Tensor:
+    """``n`` points of a 2-D swiss roll, shape (n, 2): columns 0 and 2 of scikit-learn's 3-D roll, divided by 3."""
+    n, noise = _count(n), _noise(noise)
+    x, _ = make_swiss_roll(n_samples=n, noise=noise, random_state=seed)
+    return torch.as_tensor(x[:, [0, 2]] / 3.0, dtype=torch.float32)
+
+
+TOY_2D = {"moons": two_moons, "checkerboard": checkerboard, "swiss_roll": swiss_roll}
+
+
+def toy_2d(name: str, n: int, seed: int = 0) -> torch.Tensor:
+    """Draw ``n`` points of the toy data set ``name`` (one of ``TOY_2D``) with its default settings."""
+    one_of(name, TOY_2D, "toy data set")
+    return TOY_2D[name](n, seed=seed)
+
+
+def digits(split: str = "train", seed: int = 0, test_fraction: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8x8 digits of scikit-learn (offline), as ``(images, labels)``.
+
+    ``images`` is float32 of shape (N, 64): pixel values 0..16 are mapped to ``v / 8 - 1`` in [-1, 1].
+    ``labels`` is int64 of shape (N,). A random permutation seeded by ``seed`` puts the first
+    ``round(test_fraction * 1797)`` examples in "test" and the rest in "train" (each returned in
+    the original order); "all" returns the 1797 examples.
+    """
+    one_of(split, ("train", "test", "all"), "split")
+    if not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be a number strictly between 0 and 1; got {test_fraction!r}")
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.data / 8.0 - 1.0, dtype=torch.float32)
+    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    if split == "all":
+        return images, labels
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(test_fraction * len(images)))
+    idx = perm[:n_test] if split == "test" else perm[n_test:]
+    idx = idx.sort().values
+    return images[idx], labels[idx]
+
+
+def to_images(x: torch.Tensor, size: int = 8) -> torch.Tensor:
+    """Reshape flat images (N, size*size) to (N, 1, size, size)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive integer; got {size!r}")
+    if not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != size * size:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"x must be a tensor of shape (N, {size * size}) for size={size}; got {shape}")
+    return x.reshape(x.shape[0], 1, size, size)
+
+
+def batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    """Endless iterator of minibatches of ``data`` (examples along dim 0), drawn with replacement.
+
+    Indices come from ``torch.randint(..., generator=generator)``, so the sequence of batches is
+    fixed by the generator's seed.
+    """
+    if not torch.is_tensor(data) or data.dim() < 1 or len(data) == 0:
+        raise ValueError("data must be a non-empty tensor with examples along its first dimension")
+    batch_size = _count(batch_size, "batch_size")
+
+    def _gen() -> Iterator[torch.Tensor]:
+        while True:
+            yield data[torch.randint(len(data), (batch_size,), generator=generator)]
+
+    return _gen()

@@ -1,0 +1,185 @@
+r"""Training losses and likelihood bounds: the denoising family, score matching, flow matching, ELBOs.
+
+All denoising-type losses regress a network output onto :func:`dlib.param.target` of some kind at
+$x_t=\alpha_tx_0+\sigma_t\epsilon$; they differ only in the kind and in a weight $w(t)$. The
+continuous-time ELBO is the member with $w(t)=$ :func:`elbo_weight`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ._checks import as_time, batch_time, bcast, one_of
+from .param import KINDS, Denoiser, target
+from .schedules import Schedule
+
+__all__ = ["gaussian_kl", "sample_xt", "denoising_loss", "flow_matching_loss", "elbo_weight",
+           "dsm_loss", "esm_loss", "discrete_nelbo", "continuous_nelbo"]
+
+
+def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
+    r"""Elementwise $KL(N(m_1,v_1)\,\|\,N(m_2,v_2))=\tfrac12\big(\log\frac{v_2}{v_1}+\frac{v_1+(m_1-m_2)^2}{v_2}-1\big)$."""
+    mean1, var1, mean2, var2 = (torch.as_tensor(a, dtype=torch.float64) if not torch.is_tensor(a) else a
+                                for a in (mean1, var1, mean2, var2))
+    if (var1 <= 0).any() or (var2 <= 0).any():
+        raise ValueError("variances of a Gaussian KL must be positive")
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+
+
+def _sum_dims(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+def sample_xt(x0: torch.Tensor, t, schedule: Schedule, generator: torch.Generator | None = None):
+    r"""Draw $\epsilon\sim N(0,I)$ and return $(x_t, \epsilon)$ with $x_t=\alpha_tx_0+\sigma_t\epsilon$."""
+    t = batch_time(t, x0)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    return bcast(schedule.alpha(t), x0) * x0 + bcast(schedule.sigma(t), x0) * eps, eps
+
+
+def _draw_t(x0, t, t_range, generator):
+    if t is not None:
+        return batch_time(t, x0)
+    lo, hi = t_range
+    as_time(torch.tensor([lo, hi]), name="t_range")
+    if not lo < hi:
+        raise ValueError(f"t_range must be (t_min, t_max) with t_min < t_max; got {t_range}")
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    return lo + (hi - lo) * u
+
+
+def denoising_loss(net: Callable, x0: torch.Tensor, schedule: Schedule, kind: str = "eps", *,
+                   weight: Callable[[torch.Tensor], torch.Tensor] | None = None, t=None,
+                   t_range: tuple[float, float] = (1e-3, 1.0), generator: torch.Generator | None = None,
+                   reduce: bool = True) -> torch.Tensor:
+    r"""$E_{t,x_0,\epsilon}\,w(t)\,\|\mathrm{net}(x_t,t)-\mathrm{target}_{kind}\|^2$ (squared error summed over dims).
+
+    ``kind="eps"`` with ``weight=None`` is DDPM's $L_{simple}$; ``"x0"``, ``"v"`` are its re-weighted
+    twins; ``"velocity"`` is (conditional) flow matching; ``"score"`` is denoising score matching.
+    ``t`` fixes the time(s); otherwise $t\sim U(t_{min},t_{max})$. Returns the batch mean (or the
+    per-example values with ``reduce=False``)."""
+    one_of(kind, KINDS, "prediction kind")
+    t = _draw_t(x0, t, t_range, generator)
+    xt, eps = sample_xt(x0, t, schedule, generator)
+    err = _sum_dims((net(xt, t) - target(kind, x0, eps, t, schedule)) ** 2)
+    if weight is not None:
+        err = err * weight(t)
+    return err.mean() if reduce else err
+
+
+def flow_matching_loss(net: Callable, x0: torch.Tensor, schedule: Schedule, **kwargs) -> torch.Tensor:
+    r"""Conditional flow matching: regress onto $\dot\alpha_tx_0+\dot\sigma_t\epsilon$ (= ``denoising_loss(kind="velocity")``)."""
+    return denoising_loss(net, x0, schedule, "velocity", **kwargs)
+
+
+def elbo_weight(kind: str, t, schedule: Schedule) -> torch.Tensor:
+    r"""The weight $w(t)$ that turns $w(t)\|\hat y-y\|^2$ for prediction ``kind`` into the continuous-time
+    ELBO integrand $-\dot\lambda_t\|\epsilon-\hat\epsilon\|^2$ (VDM):
+
+    eps: $-\dot\lambda$;  x0: $-\dot\lambda e^{2\lambda}$;  v: $-\dot\lambda\,\alpha^2/(\alpha^2+\sigma^2)^2$;
+    score: $-\dot\lambda\sigma^2=g^2/2$;  velocity: $-1/(\sigma^2\dot\lambda)$."""
+    one_of(kind, KINDS, "prediction kind")
+    t = as_time(t)
+    dl = schedule.d_log_snr(t)
+    a, s = schedule.alpha(t), schedule.sigma(t)
+    return {
+        "eps": lambda: -dl,
+        "x0": lambda: -dl * (a / s) ** 2,
+        "v": lambda: -dl * a**2 / (a**2 + s**2) ** 2,
+        "score": lambda: -dl * s**2,
+        "velocity": lambda: -1.0 / (s**2 * dl),
+    }[kind]()
+
+
+def dsm_loss(score_fn: Callable, x0: torch.Tensor, t, schedule: Schedule,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Denoising score matching at fixed t: $\tfrac12E\|s(x_t,t)+\epsilon/\sigma_t\|^2$ (batch mean)."""
+    t = batch_time(t, x0)
+    xt, eps = sample_xt(x0, t, schedule, generator)
+    return 0.5 * _sum_dims((score_fn(xt, t) + eps / bcast(schedule.sigma(t), x0)) ** 2).mean()
+
+
+def esm_loss(score_fn: Callable, true_score: Callable, x: torch.Tensor, t) -> torch.Tensor:
+    r"""Explicit score matching $\tfrac12E\|s(x,t)-\nabla\log p_t(x)\|^2$ on samples ``x`` of $p_t$."""
+    t = batch_time(t, x)
+    return 0.5 * _sum_dims((score_fn(x, t) - true_score(x, t)) ** 2).mean()
+
+
+def discrete_nelbo(denoiser: Denoiser, x0: torch.Tensor, ts: torch.Tensor,
+                   generator: torch.Generator | None = None, chunk: int = 100_000) -> dict[str, torch.Tensor]:
+    r"""Negative ELBO (nats, per example) of the T-step chain on the increasing grid $0<t_1<\dots<t_T$.
+
+    $-\log p(x_0)\le \underbrace{KL(q(x_{t_T}|x_0)\|N(0,I))}_{prior}
+    +\sum_{i=2}^T \underbrace{E_q KL(q(x_{t_{i-1}}|x_{t_i},x_0)\|p(x_{t_{i-1}}|x_{t_i}))}_{diffusion}
+    \underbrace{-E_q\log p(x_0|x_{t_1})}_{decoder}$,
+
+    where $p(x_{t_{i-1}}|x_{t_i})$ is the posterior with $x_0\to\hat x_0$ (same variance, so each KL is
+    $c_0^2\|x_0-\hat x_0\|^2/(2v)$) and the decoder is $N(\hat x_0(x_{t_1}), \sigma_{t_1}^2I)$. One Monte-Carlo
+    draw of $x_{t_i}$ per step and example. Returns a dict of (B,) tensors: prior, diffusion, decoder, total."""
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    as_time(ts, name="ts")
+    if ts.dim() != 1 or ts.numel() < 1 or not (ts[0] > 0) or (ts[1:] <= ts[:-1]).any():
+        raise ValueError("ts must be a strictly increasing 1-D grid t_1 < ... < t_T with t_1 > 0")
+    sch, B, D = denoiser.schedule, x0.shape[0], x0[0].numel()
+    x0 = x0.to(torch.float64)
+    # prior: KL(N(alpha_T x0, sigma_T^2) || N(0, 1)) summed over dims
+    aT, sT = sch.alpha(ts[-1]), sch.sigma(ts[-1])
+    prior = _sum_dims(gaussian_kl(aT * x0, sT**2, torch.zeros(()), torch.ones(())).expand_as(x0))
+    # decoder at t_1
+    t1 = ts[0].expand(B)
+    xt, _ = sample_xt(x0, t1, sch, generator)
+    x0_hat, _ = denoiser.x0_eps(xt, t1)
+    var1 = sch.sigma(ts[0]) ** 2
+    decoder = 0.5 * _sum_dims((x0 - x0_hat) ** 2) / var1 + 0.5 * D * torch.log(2 * math.pi * var1)
+    # diffusion terms i = 2..T, evaluated in chunks of (step, example) pairs
+    diffusion = torch.zeros(B, dtype=torch.float64)
+    if ts.numel() > 1:
+        s_all, t_all = ts[:-1], ts[1:]
+        _, c0_all, v_all = sch.posterior(s_all, t_all)
+        w_all = c0_all**2 / (2 * v_all)
+        steps_per_chunk = max(1, chunk // B)
+        for j in range(0, t_all.numel(), steps_per_chunk):
+            tt, w = t_all[j:j + steps_per_chunk], w_all[j:j + steps_per_chunk]
+            n = tt.numel()
+            xb = x0.repeat(n, *([1] * (x0.dim() - 1)))
+            tb = tt.repeat_interleave(B)
+            xt, _ = sample_xt(xb, tb, sch, generator)
+            x0_hat, _ = denoiser.x0_eps(xt, tb)
+            err = _sum_dims((xb - x0_hat) ** 2).reshape(n, B)
+            diffusion += (w[:, None] * err).sum(0)
+    return {"prior": prior, "diffusion": diffusion, "decoder": decoder, "total": prior + diffusion + decoder}
+
+
+def continuous_nelbo(denoiser: Denoiser, x0: torch.Tensor, t_range: tuple[float, float] = (1e-3, 1.0), *,
+                     n_t: int = 1, sampling: str = "uniform", generator: torch.Generator | None = None) -> torch.Tensor:
+    r"""Monte-Carlo estimate (per example, nats) of the continuous-time diffusion term
+    $\int_{t_0}^{t_1}(-\dot\lambda_t)\,E\|\epsilon-\hat\epsilon(x_t,t)\|^2\,dt$ with ``n_t`` draws each.
+
+    ``sampling="uniform"`` draws $t\sim U(t_0,t_1)$; ``"log_snr"`` draws $\lambda$ uniformly between the
+    end points and maps back with the schedule, which makes the estimator's distribution identical for
+    every schedule with the same end-point log-SNRs (the VDM invariance)."""
+    one_of(sampling, ("uniform", "log_snr"), "sampling")
+    sch = denoiser.schedule
+    t0, t1 = t_range
+    as_time(torch.tensor([t0, t1]), name="t_range")
+    if not t0 < t1 or not isinstance(n_t, int) or n_t < 1:
+        raise ValueError(f"need t_range (t0 < t1) and a positive integer n_t; got {t_range}, {n_t}")
+    x0 = x0.to(torch.float64)
+    B = x0.shape[0]
+    xb = x0.repeat(n_t, *([1] * (x0.dim() - 1)))
+    u = torch.rand(B * n_t, dtype=torch.float64, generator=generator)
+    if sampling == "uniform":
+        t = t0 + (t1 - t0) * u
+        w = (t1 - t0) * (-sch.d_log_snr(t))
+    else:
+        lam0, lam1 = sch.log_snr(torch.tensor(t0, dtype=torch.float64)), sch.log_snr(torch.tensor(t1, dtype=torch.float64))
+        lam = lam1 + (lam0 - lam1) * u
+        t = sch.t_from_log_snr(lam)
+        w = (lam0 - lam1).expand_as(u)
+    xt, eps = sample_xt(xb, t, sch, generator)
+    _, eps_hat = denoiser.x0_eps(xt, t)
+    vals = w * _sum_dims((eps - eps_hat) ** 2)
+    return vals.reshape(n_t, B).mean(0)

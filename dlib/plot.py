@@ -1,0 +1,238 @@
+"""Plotting helpers for the book (matplotlib only).
+
+Every function draws on ``ax`` if given, otherwise on a new figure of book-page size, and returns
+the Axes. Call :func:`style` once per chapter for the book's look. Inputs may be torch tensors or
+numpy arrays; callables (densities, vector fields) receive (M, 2) float64 torch tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from cycler import cycler
+
+__all__ = ["style", "samples_2d", "density_contours", "trajectories", "vector_field", "image_grid", "line",
+           "COLORS"]
+
+#: The book's colour cycle (colour-blind friendly, after Okabe and Ito).
+COLORS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+def style() -> None:
+    """Set the book's matplotlib rcParams (dpi 90, font size 10, light grid, the :data:`COLORS` cycle)."""
+    plt.rcParams.update({
+        "figure.dpi": 90, "savefig.dpi": 90, "figure.figsize": (5.0, 3.5),
+        "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
+        "axes.grid": True, "grid.color": "0.9", "grid.linewidth": 0.6, "axes.axisbelow": True,
+        "axes.prop_cycle": cycler(color=COLORS), "axes.spines.top": False, "axes.spines.right": False,
+    })
+
+
+def _np(x, name: str) -> np.ndarray:
+    if torch.is_tensor(x):
+        return x.detach().cpu().double().numpy()
+    try:
+        return np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a tensor or array of numbers; got {type(x).__name__}") from None
+
+
+def _points(x, name: str = "x") -> np.ndarray:
+    a = _np(x, name)
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (N, 2); got {a.shape}")
+    return a
+
+
+def _axes(ax, figsize=(4.0, 4.0)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _limits(lim) -> tuple[float, float]:
+    """``lim`` as a float L (meaning [-L, L]) or a pair (lo, hi); the same for both axes."""
+    if isinstance(lim, (int, float)) and not isinstance(lim, bool):
+        lo, hi = -float(lim), float(lim)
+    elif isinstance(lim, (tuple, list)) and len(lim) == 2:
+        lo, hi = float(lim[0]), float(lim[1])
+    else:
+        raise ValueError(f"lim must be a positive number L (for [-L, L]) or a pair (lo, hi); got {lim!r}")
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise ValueError(f"lim must give finite limits lo < hi; got {lim!r}")
+    return lo, hi
+
+
+def _grid(lim, n: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n (grid points per axis) must be an integer >= 2; got {n!r}")
+    lo, hi = _limits(lim)
+    g = np.linspace(lo, hi, n)
+    X, Y = np.meshgrid(g, g)
+    pts = torch.as_tensor(np.stack([X.ravel(), Y.ravel()], axis=1), dtype=torch.float64)
+    return X, Y, pts
+
+
+def density_contours(log_prob: Callable[[torch.Tensor], torch.Tensor], lim, ax=None, n: int = 200,
+                     levels: int = 8, filled: bool = False, cmap: str = "Greys"):
+    """Contours of ``exp(log_prob)`` (scaled to peak 1) on an n x n grid over ``lim`` in both axes.
+
+    ``log_prob`` maps an (M, 2) float64 tensor to log-densities of shape (M,) (unnormalised is fine).
+    """
+    if not callable(log_prob):
+        raise ValueError("log_prob must be a callable mapping an (M, 2) tensor to (M,) log-densities")
+    X, Y, pts = _grid(lim, n)
+    with torch.no_grad():
+        lp = _np(log_prob(pts), "log_prob(points)")
+    if lp.shape != (len(pts),):
+        raise ValueError(f"log_prob must return shape ({len(pts)},) for ({len(pts)}, 2) points; got {lp.shape}")
+    finite = np.isfinite(lp)
+    if not finite.any():
+        raise ValueError("log_prob returned no finite value on the grid; check lim")
+    p = np.where(finite, np.exp(lp - lp[finite].max()), 0.0).reshape(X.shape)
+    ax = _axes(ax)
+    draw = ax.contourf if filled else ax.contour
+    draw(X, Y, p, levels=levels, cmap=cmap)
+    ax.set_xlim(*_limits(lim))
+    ax.set_ylim(*_limits(lim))
+    ax.set_aspect("equal")
+    return ax
+
+
+def samples_2d(x, ax=None, density: Callable | None = None, lim=None, s: float = 2, alpha: float = 0.5,
+               color=None, title: str | None = None, label: str | None = None):
+    """Scatter plot of points (N, 2) on equal, square axes; optionally over contours of ``density``.
+
+    ``density`` maps an (M, 2) float64 tensor to log-densities (M,). ``lim`` is L (for [-L, L]) or
+    (lo, hi); by default it covers the data with a 5% margin.
+    """
+    pts = _points(x)
+    if lim is None:
+        if len(pts):
+            lo, hi = float(pts.min()), float(pts.max())
+            pad = 0.05 * (hi - lo) or 1.0
+            lim = (lo - pad, hi + pad)
+        else:
+            lim = (-1.0, 1.0)
+    lim = _limits(lim)
+    ax = _axes(ax)
+    if density is not None:
+        density_contours(density, lim, ax=ax)
+    ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=alpha, color=color, label=label, linewidths=0)
+    ax.set_xlim(*lim)
+    ax.set_ylim(*lim)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    if label:
+        ax.legend(loc="upper right", markerscale=4)
+    return ax
+
+
+def trajectories(traj, ax=None, n: int = 50, color="C0", alpha: float = 0.4):
+    """Paths of the first ``n`` particles of ``traj`` ((steps+1, N, 2) or a list of (N, 2)).
+
+    Start points are drawn as grey dots, end points as black crosses.
+    """
+    if isinstance(traj, (list, tuple)):
+        if not traj:
+            raise ValueError("traj must not be an empty list")
+        arr = np.stack([_points(p, "each trajectory frame") for p in traj])
+    else:
+        arr = _np(traj, "traj")
+    if arr.ndim != 3 or arr.shape[2] != 2 or arr.shape[0] < 1:
+        raise ValueError(f"traj must have shape (steps+1, N, 2); got {arr.shape}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer; got {n!r}")
+    arr = arr[:, :n]
+    ax = _axes(ax)
+    ax.plot(arr[:, :, 0], arr[:, :, 1], color=color, alpha=alpha, linewidth=0.8)
+    ax.scatter(arr[0, :, 0], arr[0, :, 1], s=8, color="0.5", label="start", zorder=3)
+    ax.scatter(arr[-1, :, 0], arr[-1, :, 1], s=14, color="k", marker="x", label="end", zorder=3)
+    ax.set_aspect("equal")
+    ax.legend(loc="upper right")
+    return ax
+
+
+def vector_field(fn: Callable[[torch.Tensor], torch.Tensor], lim, ax=None, n: int = 20,
+                 normalize: bool = False, color="C1"):
+    """Quiver plot of ``fn`` ((M, 2) float64 tensor -> (M, 2)) on an n x n grid; optionally unit arrows."""
+    if not callable(fn):
+        raise ValueError("fn must be a callable mapping an (M, 2) tensor to (M, 2) vectors")
+    X, Y, pts = _grid(lim, n)
+    with torch.no_grad():
+        v = _np(fn(pts), "fn(points)")
+    if v.shape != (len(pts), 2):
+        raise ValueError(f"fn must return shape ({len(pts)}, 2); got {v.shape}")
+    if normalize:
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    ax = _axes(ax)
+    ax.quiver(X, Y, v[:, 0].reshape(X.shape), v[:, 1].reshape(X.shape), color=color, angles="xy")
+    ax.set_aspect("equal")
+    return ax
+
+
+def image_grid(images, ax=None, nrow: int = 8, vmin: float = -1, vmax: float = 1, title: str | None = None):
+    """Show images (N, 1, H, W) or flat (N, H*W) with H = W as a grey-scale grid, ``nrow`` images per row."""
+    a = _np(images, "images")
+    if a.ndim == 2:
+        side = int(round(np.sqrt(a.shape[1])))
+        if side * side != a.shape[1]:
+            raise ValueError(f"flat images must have a square number of pixels; got {a.shape[1]}")
+        a = a.reshape(len(a), side, side)
+    elif a.ndim == 4 and a.shape[1] == 1 and a.shape[2] == a.shape[3]:
+        a = a[:, 0]
+    else:
+        raise ValueError(f"images must have shape (N, 1, H, H) or (N, H*H); got {a.shape}")
+    if len(a) == 0:
+        raise ValueError("images must contain at least one image")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow (images per row) must be a positive integer; got {nrow!r}")
+    side, cols = a.shape[1], min(nrow, len(a))
+    rows = -(-len(a) // cols)
+    pad = 1
+    canvas = np.full((rows * (side + pad) + pad, cols * (side + pad) + pad), 0.5 * (vmin + vmax))
+    for k, img in enumerate(a):
+        r, c = divmod(k, cols)
+        canvas[pad + r * (side + pad):pad + r * (side + pad) + side,
+               pad + c * (side + pad):pad + c * (side + pad) + side] = img
+    ax = _axes(ax, figsize=(min(0.55 * cols + 0.3, 8.0), min(0.55 * rows + 0.3, 8.0)))
+    ax.imshow(canvas, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def line(x: Sequence[float], ys: Mapping[str, Sequence[float]], ax=None, xlabel: str | None = None,
+         ylabel: str | None = None, logx: bool = False, logy: bool = False, title: str | None = None,
+         marker: str | None = "o"):
+    """One line per entry of ``ys`` (label -> values, each as long as ``x``) with a legend."""
+    xs = _np(x, "x")
+    if xs.ndim != 1:
+        raise ValueError(f"x must be one-dimensional; got shape {xs.shape}")
+    if not isinstance(ys, Mapping) or not ys:
+        raise ValueError("ys must be a non-empty dict mapping a label to a sequence of values")
+    ax = _axes(ax, figsize=(5.0, 3.5))
+    for name, y in ys.items():
+        yv = _np(y, f"ys[{name!r}]")
+        if yv.shape != xs.shape:
+            raise ValueError(f"ys[{name!r}] must have the shape of x {xs.shape}; got {yv.shape}")
+        ax.plot(xs, yv, marker=marker, label=str(name), markersize=4)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return ax

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from dlib import analytic, metrics, param, schedules as S
+
+F64 = torch.float64
+
+
+def test_sliced_wasserstein_of_a_shift(gen):
+    # for a shift m, SW2^2 = E_theta (theta . m)^2 = |m|^2 / D
+    x = torch.randn(4000, 3, generator=gen, dtype=F64)
+    m = torch.tensor([1.0, 2.0, -2.0], dtype=F64)
+    sw = metrics.sliced_wasserstein(x, x + m, n_projections=1000, generator=gen)
+    assert sw == pytest.approx(m.norm().item() / math.sqrt(3), rel=0.05)
+    x = torch.randn(20000, 3, generator=gen, dtype=F64)
+    y = torch.randn(15000, 3, generator=gen, dtype=F64)  # different sizes are fine
+    assert metrics.sliced_wasserstein(x, y, generator=gen) < 0.03
+
+
+def test_mmd_and_energy_distance(gen):
+    x, y = torch.randn(2000, 2, generator=gen), torch.randn(2000, 2, generator=gen)
+    z = torch.randn(2000, 2, generator=gen) + 1.0
+    assert abs(metrics.mmd(x, y)) < 5e-3 < metrics.mmd(x, z)
+    assert abs(metrics.energy_distance(x, y)) < 5e-3 < metrics.energy_distance(x, z)
+    # energy distance of two 1-D Gaussians shifted by d: 2E|d+Z sqrt2| - 2E|Z sqrt2| (closed form)
+    a = torch.randn(6000, 1, generator=gen, dtype=F64)
+    b = torch.randn(6000, 1, generator=gen, dtype=F64) + 1.0
+    s = math.sqrt(2)
+    e_abs = lambda mu: s * math.sqrt(2 / math.pi) * math.exp(-mu**2 / (2 * s * s)) + mu * math.erf(mu / (s * math.sqrt(2)))  # noqa: E731
+    assert metrics.energy_distance(a, b) == pytest.approx(2 * e_abs(1.0) - 2 * e_abs(0.0), abs=0.02)
+
+
+def test_log_likelihood(gen):
+    gmm = analytic.ring()
+    x = gmm.sample(1000, gen)
+    assert metrics.log_likelihood(gmm, x) == pytest.approx(gmm.log_prob(x).mean().item())
+    with pytest.raises(ValueError, match="log_prob"):
+        metrics.log_likelihood(object(), x)
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_pf_ode_log_likelihood_matches_exact(divergence, gen):
+    gmm = analytic.ring(k=4, radius=2.0, std=0.6)
+    sch = S.VPLinear()
+    x = gmm.sample(64, gen)
+    t_min = 1e-2
+    exact = gmm.log_prob(x, t_min, sch)
+    prior = lambda z: gmm.log_prob(z, 1.0, sch)  # noqa: E731
+    est = metrics.pf_ode_log_likelihood(gmm.denoiser(sch), x, t_min=t_min, prior_log_prob=prior,
+                                        divergence=divergence, n_probes=64, generator=gen, rtol=1e-8, atol=1e-8)
+    if divergence == "exact":
+        assert (est - exact).abs().max().item() < 1e-4
+    else:  # unbiased but noisy: small on average, and its mean error within 4 standard errors
+        err = est - exact
+        assert err.abs().mean().item() < 0.2
+        assert err.mean().abs().item() < 4 * err.std().item() / 8
+    # with the default standard-normal prior the error is only the tiny prior mismatch at t=1 (VP)
+    est2 = metrics.pf_ode_log_likelihood(gmm.denoiser(sch), x[:8], t_min=t_min)
+    assert (est2 - exact[:8]).abs().max().item() < 0.05
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: metrics.sliced_wasserstein(torch.zeros(10, 2), torch.zeros(10, 3)), r"\(N, D\) and \(M, D\)"),
+    (lambda: metrics.sliced_wasserstein(torch.zeros(10, 2), torch.zeros(10, 2), n_projections=0), "positive integer"),
+    (lambda: metrics.mmd(torch.zeros(10, 2), torch.zeros(10, 2), bandwidths=(0.0,)), "bandwidth must be"),
+    (lambda: metrics.energy_distance(torch.zeros(1, 2), torch.zeros(10, 2)), "N, M >= 2"),
+    (lambda: metrics.pf_ode_log_likelihood(analytic.ring().denoiser(S.VPLinear()), torch.zeros(2, 2), divergence="trace"), "unknown divergence"),
+    (lambda: metrics.pf_ode_log_likelihood(analytic.ring().denoiser(S.VPLinear()), torch.zeros(2, 2), t_min=0.0), "0 < t_min < t_max"),
+    (lambda: metrics.pf_ode_log_likelihood(lambda x, t: x, torch.zeros(2, 2)), "Denoiser"),
+])
+def test_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

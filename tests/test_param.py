@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from dlib import analytic, param, schedules as S
+
+F64 = torch.float64
+SCHEDS = [S.VPLinear(), S.VPCosine(), S.VE(0.01, 20.0), S.LinearInterpolant(), S.get_schedule("ddpm_linear")]
+
+
+@pytest.mark.parametrize("sch", SCHEDS, ids=lambda s: s.name)
+@pytest.mark.parametrize("src", param.KINDS)
+def test_round_trips_between_all_kinds(sch, src, gen):
+    x = torch.randn(64, 3, generator=gen, dtype=F64)
+    t = torch.rand(64, generator=gen, dtype=F64) * 0.9 + 0.05
+    pred = torch.randn(64, 3, generator=gen, dtype=F64)
+    x0, eps = param.to_x0_eps(pred, src, x, t, sch)
+    # the pair is consistent with x = alpha x0 + sigma eps
+    torch.testing.assert_close(sch.alpha(t)[:, None] * x0 + sch.sigma(t)[:, None] * eps, x)
+    for dst in param.KINDS:
+        back = param.convert(param.convert(pred, src, dst, x, t, sch), dst, src, x, t, sch)
+        torch.testing.assert_close(back, pred, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("sch", SCHEDS, ids=lambda s: s.name)
+def test_targets_are_the_conversions_of_the_true_pair(sch, gen):
+    x0 = torch.randn(32, 2, generator=gen, dtype=F64)
+    eps = torch.randn(32, 2, generator=gen, dtype=F64)
+    t = torch.rand(32, generator=gen, dtype=F64) * 0.9 + 0.05
+    a, s = sch.alpha(t)[:, None], sch.sigma(t)[:, None]
+    xt = a * x0 + s * eps
+    torch.testing.assert_close(param.target("v", x0, eps, t, sch), a * eps - s * x0)
+    torch.testing.assert_close(param.target("score", x0, eps, t, sch), -eps / s)
+    torch.testing.assert_close(param.target("velocity", x0, eps, t, sch),
+                               sch.d_alpha(t)[:, None] * x0 + sch.d_sigma(t)[:, None] * eps)
+    for k in param.KINDS:
+        y = param.target(k, x0, eps, t, sch)
+        torch.testing.assert_close(param.to_x0_eps(y, k, xt, t, sch)[0], x0)
+
+
+def test_velocity_is_time_derivative_of_path(gen):
+    sch = S.VPCosine()
+    x0 = torch.randn(8, 2, generator=gen, dtype=F64)
+    eps = torch.randn(8, 2, generator=gen, dtype=F64)
+    t = torch.full((8,), 0.4, dtype=F64, requires_grad=True)
+    xt = sch.alpha(t)[:, None] * x0 + sch.sigma(t)[:, None] * eps
+    d = torch.stack([torch.autograd.grad(xt[:, j].sum(), t, retain_graph=True)[0] for j in range(2)], 1)
+    torch.testing.assert_close(d, param.target("velocity", x0, eps, t.detach(), sch))
+
+
+def test_denoiser_views_and_nfe(gen):
+    sch = S.VPLinear()
+    gmm = analytic.ring()
+    oracle = gmm.denoiser(sch)
+    net = param.Denoiser(lambda x, t: gmm.predict(x, t, sch, "x0"), sch, "x0")
+    x = torch.randn(16, 2, generator=gen, dtype=F64) * 3
+    for kind in param.KINDS:
+        torch.testing.assert_close(net.predict(x, 0.5, kind), oracle.predict(x, 0.5, kind))
+    torch.testing.assert_close(net.score(x, 0.5), gmm.score(x, 0.5, sch))
+    torch.testing.assert_close(net.velocity(x, 0.5), oracle.velocity(x, 0.5))
+    torch.testing.assert_close(net.v(x, 0.5), oracle.v(x, 0.5))
+    torch.testing.assert_close(net.eps(x, 0.5), oracle.eps(x, 0.5))
+    net.nfe = 0
+    net.x0_eps(x, 0.5)
+    net.x0(x, 0.5)
+    assert net.nfe == 2
+    assert "x0" in repr(net) and "AnalyticDenoiser" in repr(oracle)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: param.convert(torch.zeros(2, 2), "eps", "noise", torch.zeros(2, 2), 0.5, S.VPLinear()), "unknown prediction kind 'noise'"),
+    (lambda: param.to_x0_eps(torch.zeros(2, 3), "eps", torch.zeros(2, 2), 0.5, S.VPLinear()), "prediction shape"),
+    (lambda: param.to_x0_eps(torch.zeros(2, 2), "eps", torch.zeros(2, 2), torch.ones(3) / 2, S.VPLinear()), r"shape \(2,\)"),
+    (lambda: param.target("eps", torch.zeros(2, 2), torch.zeros(2, 3), 0.5, S.VPLinear()), "same shape"),
+    (lambda: param.Denoiser(lambda x, t: x, "vp", "eps"), "must be a dlib.schedules.Schedule"),
+    (lambda: param.Denoiser(3, S.VPLinear(), "eps"), "callable"),
+    (lambda: param.Denoiser(lambda x, t: x, S.VPLinear(), "epsilon"), "unknown prediction kind"),
+])
+def test_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
