@@ -17,7 +17,8 @@ from sklearn.datasets import load_digits, make_moons, make_swiss_roll
 
 from ._checks import one_of
 
-__all__ = ["two_moons", "checkerboard", "swiss_roll", "toy_2d", "TOY_2D", "digits", "to_images", "batches"]
+__all__ = ["two_moons", "checkerboard", "swiss_roll", "toy_2d", "TOY_2D", "digits", "to_images", "batches",
+           "image_dataset", "FULL_SCALE_DATASETS"]
 
 
 def _count(n, name: str = "n") -> int:
@@ -126,3 +127,30 @@ def batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | No
             yield data[torch.randint(len(data), (batch_size,), generator=generator)]
 
     return _gen()
+
+
+FULL_SCALE_DATASETS = ("mnist", "cifar10")
+
+
+def image_dataset(name: str, root: str = "data_cache", train: bool = True) -> torch.Tensor:
+    """A full-scale image data set for the GPU cells, downloaded with torchvision on first use and
+    returned as a float32 tensor (N, C, 32, 32) in [-1, 1] (MNIST is padded from 28 to 32).
+
+    This is the only function of ``dlib`` that touches the network. Offline, or without torchvision,
+    it raises ``RuntimeError`` with a message saying what is missing; CPU chapters never call it."""
+    one_of(name, FULL_SCALE_DATASETS, "full-scale data set")
+    try:
+        import torchvision
+    except ImportError:
+        raise RuntimeError(f"loading {name} needs torchvision (pip install torchvision); it is not installed") from None
+    cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
+    try:
+        ds = cls(root=root, train=train, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise RuntimeError(f"could not download {name} into {root!r} (no network?): {exc}") from exc
+    x = torch.as_tensor(np.asarray(ds.data), dtype=torch.float32) / 127.5 - 1.0
+    if x.dim() == 3:  # MNIST: (N, 28, 28) -> (N, 1, 32, 32), padded with the background value -1
+        x = torch.nn.functional.pad(x[:, None], (2, 2, 2, 2), value=-1.0)
+    else:  # CIFAR-10: (N, 32, 32, 3) -> (N, 3, 32, 32)
+        x = x.permute(0, 3, 1, 2).contiguous()
+    return x

@@ -91,3 +91,17 @@ def test_batches():
         data.batches(d, 0, None)
     with pytest.raises(ValueError, match="non-empty tensor"):
         data.batches(torch.zeros(0, 2), 2, None)
+
+
+def test_image_dataset_fails_clearly():
+    import pytest as _pytest
+
+    from dlib import data as _data
+
+    with _pytest.raises(ValueError, match="unknown full-scale data set"):
+        _data.image_dataset("imagenet")
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        with _pytest.raises(RuntimeError, match="needs torchvision"):
+            _data.image_dataset("mnist")
