@@ -56,3 +56,17 @@ def bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if c.dim() == 0:
         return c
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim()))
+
+
+def randn(shape, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal draws with the dtype and device of ``like``. They are drawn on the generator's
+    device and then moved, so a seeded CPU generator also drives CUDA tensors (and gives the same
+    numbers on every device)."""
+    dev = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)
+
+
+def rand(shape, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniform [0, 1) draws like :func:`randn`."""
+    dev = generator.device if generator is not None else like.device
+    return torch.rand(shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)

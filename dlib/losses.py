@@ -12,12 +12,13 @@ from typing import Callable
 
 import torch
 
-from ._checks import as_time, batch_time, bcast, one_of
+from ._checks import as_time, batch_time, bcast, one_of, rand, randn
 from .param import KINDS, Denoiser, target
 from .schedules import Schedule
 
 __all__ = ["gaussian_kl", "sample_xt", "denoising_loss", "flow_matching_loss", "elbo_weight",
-           "dsm_loss", "esm_loss", "discrete_nelbo", "continuous_nelbo"]
+           "dsm_loss", "esm_loss", "discrete_nelbo", "continuous_nelbo",
+           "gaussian_discretization_excess"]
 
 
 def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
@@ -36,7 +37,7 @@ def _sum_dims(x: torch.Tensor) -> torch.Tensor:
 def sample_xt(x0: torch.Tensor, t, schedule: Schedule, generator: torch.Generator | None = None):
     r"""Draw $\epsilon\sim N(0,I)$ and return $(x_t, \epsilon)$ with $x_t=\alpha_tx_0+\sigma_t\epsilon$."""
     t = batch_time(t, x0)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    eps = randn(x0.shape, x0, generator)
     return bcast(schedule.alpha(t), x0) * x0 + bcast(schedule.sigma(t), x0) * eps, eps
 
 
@@ -47,7 +48,7 @@ def _draw_t(x0, t, t_range, generator):
     as_time(torch.tensor([lo, hi]), name="t_range")
     if not lo < hi:
         raise ValueError(f"t_range must be (t_min, t_max) with t_min < t_max; got {t_range}")
-    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    u = rand(x0.shape[0], x0, generator)
     return lo + (hi - lo) * u
 
 
@@ -183,3 +184,30 @@ def continuous_nelbo(denoiser: Denoiser, x0: torch.Tensor, t_range: tuple[float,
     _, eps_hat = denoiser.x0_eps(xt, t)
     vals = w * _sum_dims((eps - eps_hat) ** 2)
     return vals.reshape(n_t, B).mean(0)
+
+
+def gaussian_discretization_excess(schedule: Schedule, ts, data_var: float, dim: int = 1) -> torch.Tensor:
+    r"""Per-step excess of the discrete ELBO's diffusion terms over the continuous-time integral, for
+    Gaussian data $N(\mu, c\,I)$ in ``dim`` dimensions and the exact denoiser (``c`` = ``data_var``).
+
+    With $x=c\,\mathrm{SNR}$, the exact step KL between grid times $s<t$ is
+    $\tfrac D2(\mathrm{SNR}_s-\mathrm{SNR}_t)\,c/(1+c\,\mathrm{SNR}_t)=\tfrac D2(\rho-1)$ with
+    $\rho=(1+c\,\mathrm{SNR}_s)/(1+c\,\mathrm{SNR}_t)$, while the integral over $[s,t]$ is $\tfrac D2\log\rho$, so
+    each step adds $\tfrac D2(\rho-1-\log\rho)\ge0$. At high SNR $\rho\to\mathrm{SNR}_s/\mathrm{SNR}_t$.
+    ``ts`` is the increasing grid $t_1<\dots<t_T$ of :func:`discrete_nelbo`; returns the $T-1$ excesses
+    (nats per example, float64) in the order of the steps $(t_1,t_2),\dots,(t_{T-1},t_T)$."""
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    as_time(ts, name="ts")
+    if ts.dim() != 1 or ts.numel() < 2 or (ts[1:] <= ts[:-1]).any():
+        raise ValueError("ts must be a strictly increasing 1-D grid with at least 2 times")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a dlib.schedules.Schedule; got {type(schedule).__name__}")
+    c = float(data_var) if isinstance(data_var, (int, float)) and not isinstance(data_var, bool) else float("nan")
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"data_var must be a positive finite number; got {data_var!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive integer; got {dim!r}")
+    snr = torch.exp(2 * schedule.log_snr(ts))
+    # log rho computed stably: log(1 + c SNR_s) - log(1 + c SNR_t)
+    log_rho = torch.log1p(c * snr[:-1]) - torch.log1p(c * snr[1:])
+    return 0.5 * dim * (torch.expm1(log_rho) - log_rho)

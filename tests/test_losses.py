@@ -123,3 +123,14 @@ def test_flow_matching_and_reduce(gen):
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_cpu_generator_drives_other_devices_and_dtypes():
+    # draws happen on the generator's device, then move: same numbers whatever x0's dtype/device
+    x64 = torch.zeros(5, 3, dtype=F64)
+    a, _ = losses.sample_xt(x64, 0.5, S.VPLinear(), torch.Generator().manual_seed(0))
+    b, _ = losses.sample_xt(x64.float(), 0.5, S.VPLinear(), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a.float(), b)
+    if torch.cuda.is_available():  # pragma: no cover - only with a GPU
+        c, _ = losses.sample_xt(x64.cuda(), 0.5, S.VPLinear(), torch.Generator().manual_seed(0))
+        torch.testing.assert_close(c.cpu(), a)
