@@ -11,7 +11,8 @@ import torch
 from ._checks import as_time, one_of, positive
 from .param import Denoiser
 
-__all__ = ["sliced_wasserstein", "mmd", "energy_distance", "log_likelihood", "pf_ode_log_likelihood"]
+__all__ = ["sliced_wasserstein", "mmd", "energy_distance", "log_likelihood", "pf_ode_log_likelihood",
+           "straightness"]
 
 
 def _pair(x, y):
@@ -84,7 +85,7 @@ def _divergence_exact(fn, x):
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         v = fn(x)
-        div = torch.zeros(x.shape[0], dtype=x.dtype)
+        div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         flat = v.reshape(x.shape[0], -1)
         for d in range(flat.shape[1]):
             g = torch.autograd.grad(flat[:, d].sum(), x, retain_graph=d < flat.shape[1] - 1)[0]
@@ -96,7 +97,7 @@ def _divergence_hutchinson(fn, x, probes):
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         v = fn(x)
-        div = torch.zeros(x.shape[0], dtype=x.dtype)
+        div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for k, z in enumerate(probes):
             g = torch.autograd.grad((v * z).sum(), x, retain_graph=k < len(probes) - 1)[0]
             div = div + (g * z).reshape(x.shape[0], -1).sum(1)
@@ -112,7 +113,9 @@ def pf_ode_log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, t_min: float =
 
     ``divergence="exact"`` uses one autograd pass per dimension; ``"hutchinson"`` uses ``n_probes``
     fixed Rademacher probes $E[z^\top\partial_xv\,z]$. The default prior is $N(0,(\alpha^2+\sigma^2)I)$ at
-    $t_{max}$ (right for unit-variance data); pass ``prior_log_prob`` for anything else."""
+    $t_{max}$ (right for unit-variance data); pass ``prior_log_prob`` for anything else (it receives the
+    end points on the CPU in float64). The ODE state is kept on the CPU in float64 by scipy; the model is
+    evaluated in ``x``'s dtype and on ``x``'s device, so a GPU model needs no wrapper."""
     from scipy.integrate import solve_ivp
 
     one_of(divergence, ("exact", "hutchinson"), "divergence")
@@ -126,16 +129,18 @@ def pf_ode_log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, t_min: float =
     dtype = torch.float64
     probes = None
     if divergence == "hutchinson":
-        probes = [(torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(dtype) for _ in range(n_probes)]
+        probes = [(torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(device=x.device, dtype=x.dtype)
+                  for _ in range(n_probes)]
 
     def rhs(t, y):
-        xt = torch.from_numpy(y[: B * D]).reshape(shape).to(dtype)
-        tb = torch.full((B,), t, dtype=dtype)
+        # the ODE state lives on the CPU in float64; the model is evaluated in x's dtype on x's device
+        xt = torch.from_numpy(y[: B * D]).reshape(shape).to(device=x.device, dtype=x.dtype)
+        tb = torch.full((B,), t, dtype=x.dtype, device=x.device)
         fn = lambda z: denoiser.velocity(z, tb)  # noqa: E731
         v, div = _divergence_exact(fn, xt) if probes is None else _divergence_hutchinson(fn, xt, probes)
-        return torch.cat([v.reshape(-1), div]).numpy()
+        return torch.cat([v.reshape(-1), div]).to(dtype).cpu().numpy()
 
-    y0 = torch.cat([x.detach().to(dtype).reshape(-1), torch.zeros(B, dtype=dtype)]).numpy()
+    y0 = torch.cat([x.detach().to(dtype).cpu().reshape(-1), torch.zeros(B, dtype=dtype)]).numpy()
     sol = solve_ivp(rhs, (t_min, t_max), y0, method="RK45", rtol=rtol, atol=atol)
     if not sol.success:
         raise RuntimeError(f"ODE solver failed: {sol.message}")
@@ -148,3 +153,44 @@ def pf_ode_log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, t_min: float =
     else:
         prior = prior_log_prob(xT)
     return prior + int_div
+
+
+def straightness(denoiser: Denoiser, x: torch.Tensor, ts, *, relative: bool = False) -> float:
+    r"""Straightness of the PF-ODE paths started at ``x`` (time ``ts[0]``) and solved with Heun on the grid ``ts``:
+
+    $$S=\frac{1}{|t_N-t_0|}\int_{t_N}^{t_0}E\,\Big\|\frac{x(t_N)-x(t_0)}{t_N-t_0}-v(x(t),t)\Big\|^2dt,$$
+
+    the mean squared deviation of the velocity from the constant speed of the chord (Liu et al. 2023 use
+    $t_0=1$, $t_N=0$, where the chord is $x_1-x_0$). $S=0$ exactly when every path is a straight segment
+    run at constant speed, which is when a single Euler step over the whole interval is exact. The
+    integral is the trapezoid rule on ``ts`` (one extra velocity evaluation at the end), the expectation
+    the batch mean. ``relative=True`` divides by the mean squared chord speed, which makes $S$ free
+    of the scale of ``x``. $S$ depends on the time variable: the same curves in another schedule's
+    time have another $S$. ``ts`` must not end at 0 (a grid ending at 0 means a denoising step)."""
+    from .sampling import sample_heun
+
+    if not isinstance(denoiser, Denoiser):
+        raise ValueError(f"denoiser must be a dlib.param.Denoiser; got {type(denoiser).__name__}")
+    if not torch.is_tensor(x) or x.dim() < 2 or x.shape[0] < 1:
+        raise ValueError("x must be a batch tensor of shape (B, ...)")
+    ts = torch.as_tensor(ts, dtype=torch.float64)
+    as_time(ts, name="ts")
+    if ts.dim() != 1 or ts.numel() < 2 or (ts[1:] >= ts[:-1]).any():
+        raise ValueError("ts must be a strictly decreasing 1-D grid with at least 2 times")
+    if ts[-1] == 0:
+        raise ValueError("ts must end at a positive time (at t=0 the samplers take a denoising step, not an ODE step)")
+    states = [x]
+    sample_heun(denoiser, x, ts, callback=lambda info: states.append(info["x"]))
+    B = x.shape[0]
+    with torch.no_grad():
+        vel = [denoiser.velocity(xi, torch.full((B,), float(ti), dtype=x.dtype, device=x.device))
+               for xi, ti in zip(states, ts)]
+    span = float(ts[-1] - ts[0])  # negative: the ODE runs backwards in time
+    chord = (states[-1] - states[0]) / span
+    dev = torch.stack([(chord - v).reshape(B, -1).pow(2).sum(1).to(torch.float64) for v in vel])  # (N+1, B)
+    h = (ts[:-1] - ts[1:])[:, None]
+    integral = (0.5 * h * (dev[1:] + dev[:-1])).sum(0) / abs(span)
+    value = integral.mean()
+    if relative:
+        value = value / chord.reshape(B, -1).pow(2).sum(1).to(torch.float64).mean()
+    return float(value)

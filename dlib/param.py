@@ -27,7 +27,7 @@ import torch
 from ._checks import batch_time, bcast, one_of
 from .schedules import Schedule
 
-__all__ = ["KINDS", "to_x0_eps", "from_x0_eps", "convert", "target", "Denoiser"]
+__all__ = ["KINDS", "to_x0_eps", "from_x0_eps", "convert", "target", "Denoiser", "change_schedule"]
 
 KINDS = ("eps", "x0", "v", "score", "velocity")
 
@@ -145,3 +145,42 @@ class Denoiser:
 
     def velocity(self, x, t):
         return self.predict(x, t, "velocity")
+
+
+class _Rescheduled(Denoiser):
+    def __init__(self, base: Denoiser, schedule: Schedule):
+        super().__init__(lambda x, t: self.x0_eps(x, t)[1], schedule, "eps")
+        self.base = base
+
+    def __repr__(self):
+        return f"change_schedule({self.base!r}, {self.schedule!r})"
+
+    def x0_eps(self, x, t):
+        self.nfe += 1
+        t = batch_time(t, x)
+        old, new = self.base.schedule, self.schedule
+        lo, hi = old.log_snr_range()
+        lam = new.log_snr(t).clamp(lo, hi)
+        t_old = old.t_from_log_snr(lam).to(x.dtype)
+        scale = (old.alpha(t_old) + old.sigma(t_old)) / (new.alpha(t) + new.sigma(t))
+        return self.base.x0_eps(bcast(scale, x) * x, t_old)
+
+    def predict(self, x, t, kind=None):
+        t = batch_time(t, x)
+        x0, eps = self.x0_eps(x, t)
+        return from_x0_eps(x0, eps, kind or self.kind, x, t, self.schedule)
+
+
+def change_schedule(denoiser: Denoiser, schedule: Schedule) -> Denoiser:
+    r"""The same model seen in another schedule (a change of variables, no retraining).
+
+    Two schedules with the same log-SNR describe the same noisy point up to scale: with
+    $c_t=\alpha_t+\sigma_t$, $x_t/c_t$ depends on $(x_0,\epsilon)$ only through $\lambda_t$. So at a new time
+    $\tau$ the pair $(\hat x_0,\hat\epsilon)$ is the old model's at the old time $t$ with $\lambda_t=\lambda_\tau$, evaluated
+    at $x\,c_t/c_\tau$. Log-SNRs outside the old schedule's range are clamped to it (for example the
+    linear path reaches $\lambda=-\infty$ at $\tau=1$, where a VP schedule stops near $\lambda\approx-5$)."""
+    if not isinstance(denoiser, Denoiser):
+        raise ValueError(f"denoiser must be a dlib.param.Denoiser; got {type(denoiser).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a dlib.schedules.Schedule; got {type(schedule).__name__}")
+    return _Rescheduled(denoiser, schedule)

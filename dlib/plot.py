@@ -176,31 +176,34 @@ def vector_field(fn: Callable[[torch.Tensor], torch.Tensor], lim, ax=None, n: in
 
 
 def image_grid(images, ax=None, nrow: int = 8, vmin: float = -1, vmax: float = 1, title: str | None = None):
-    """Show images (N, 1, H, W) or flat (N, H*W) with H = W as a grey-scale grid, ``nrow`` images per row."""
+    """Show images (N, C, H, W) with C = 1 (grey) or 3 (colour), or flat grey (N, H*W) with H = W, as a
+    grid with ``nrow`` images per row. Pixel values from [vmin, vmax] are shown as black..white."""
     a = _np(images, "images")
     if a.ndim == 2:
         side = int(round(np.sqrt(a.shape[1])))
         if side * side != a.shape[1]:
             raise ValueError(f"flat images must have a square number of pixels; got {a.shape[1]}")
-        a = a.reshape(len(a), side, side)
-    elif a.ndim == 4 and a.shape[1] == 1 and a.shape[2] == a.shape[3]:
-        a = a[:, 0]
-    else:
-        raise ValueError(f"images must have shape (N, 1, H, H) or (N, H*H); got {a.shape}")
+        a = a.reshape(len(a), 1, side, side)
+    if not (a.ndim == 4 and a.shape[1] in (1, 3) and a.shape[2] == a.shape[3]):
+        raise ValueError(f"images must have shape (N, 1 or 3, H, H) or (N, H*H); got {a.shape}")
     if len(a) == 0:
         raise ValueError("images must contain at least one image")
     if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
         raise ValueError(f"nrow (images per row) must be a positive integer; got {nrow!r}")
-    side, cols = a.shape[1], min(nrow, len(a))
+    a = np.clip((a.transpose(0, 2, 3, 1) - vmin) / (vmax - vmin), 0.0, 1.0)  # (N, H, W, C) in [0, 1]
+    side, ch, cols = a.shape[1], a.shape[3], min(nrow, len(a))
     rows = -(-len(a) // cols)
     pad = 1
-    canvas = np.full((rows * (side + pad) + pad, cols * (side + pad) + pad), 0.5 * (vmin + vmax))
+    canvas = np.full((rows * (side + pad) + pad, cols * (side + pad) + pad, ch), 0.5)
     for k, img in enumerate(a):
         r, c = divmod(k, cols)
         canvas[pad + r * (side + pad):pad + r * (side + pad) + side,
                pad + c * (side + pad):pad + c * (side + pad) + side] = img
     ax = _axes(ax, figsize=(min(0.55 * cols + 0.3, 8.0), min(0.55 * rows + 0.3, 8.0)))
-    ax.imshow(canvas, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+    if ch == 1:
+        ax.imshow(canvas[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(canvas, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)

@@ -143,6 +143,13 @@ class _VP(Schedule):
         a = self._log_alpha(t)
         return -torch.exp(2.0 * a) * self._d_log_alpha(t) / (-torch.expm1(2.0 * a))
 
+    def sde(self, t):
+        # for VP, g^2 = d sigma^2/dt - 2 f sigma^2 = -2 (d log alpha/dt)(alpha^2 + sigma^2) = -2 d log alpha/dt,
+        # which is also finite at t = 0 (the general formula is 0 * inf there)
+        t = as_time(t)
+        f = self._d_log_alpha(t)
+        return f, -2.0 * f
+
     def _t_from_log_snr(self, lam):
         # for VP, alpha^2 = sigmoid(2 lambda), so log alpha = -softplus(-2 lambda) / 2
         return self._t_from_log_alpha(-0.5 * F.softplus(-2.0 * lam))
@@ -267,6 +274,12 @@ class LinearInterpolant(Schedule):
 
     def _t_from_log_snr(self, lam):
         return torch.sigmoid(-lam)
+
+    def d_alpha(self, t):  # exactly -1, also at t = 1 (where alpha * d log alpha is 0 * inf)
+        return -torch.ones_like(as_time(t))
+
+    def d_sigma(self, t):  # exactly 1, also at t = 0
+        return torch.ones_like(as_time(t))
 
     def log_snr_range(self):
         return -math.inf, math.inf

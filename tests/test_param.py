@@ -78,3 +78,28 @@ def test_denoiser_views_and_nfe(gen):
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("old, new", [(S.VPLinear(), S.LinearInterpolant()), (S.LinearInterpolant(), S.VPCosine()),
+                                      (S.VE(0.01, 50.0), S.VPLinear())], ids=["vp->linear", "linear->cosine", "ve->vp"])
+def test_change_schedule_matches_the_new_schedules_oracle(old, new, gen):
+    gmm = analytic.ring()
+    moved = param.change_schedule(gmm.denoiser(old), new)
+    x = torch.randn(64, 2, generator=gen, dtype=F64) * 3
+    for tau in (0.2, 0.5, 0.8):  # times whose log-SNR both schedules reach
+        for kind in param.KINDS:
+            torch.testing.assert_close(moved.predict(x, tau, kind), gmm.predict(x, tau, new, kind), rtol=1e-7, atol=1e-7)
+    assert moved.nfe == 15 and "change_schedule" in repr(moved)
+    with pytest.raises(ValueError, match="Denoiser"):
+        param.change_schedule(lambda x, t: x, new)
+    with pytest.raises(ValueError, match="Schedule"):
+        param.change_schedule(moved, "linear")
+
+
+def test_linear_path_velocity_is_finite_at_the_ends():
+    lin = S.LinearInterpolant()
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    assert lin.d_alpha(t).tolist() == [-1.0, -1.0] and lin.d_sigma(t).tolist() == [1.0, 1.0]
+    oracle = analytic.ring().denoiser(lin)
+    assert torch.isfinite(param.target("velocity", torch.ones(2, 2, dtype=F64), torch.ones(2, 2, dtype=F64), t, lin)).all()
+    assert torch.isfinite(oracle.velocity(torch.zeros(2, 2, dtype=F64), 0.999)).all()

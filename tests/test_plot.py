@@ -74,8 +74,10 @@ def test_image_grid():
     assert isinstance(plot.image_grid(np.zeros((3, 64))), Axes)
     with pytest.raises(ValueError, match="square number of pixels"):
         plot.image_grid(torch.zeros(3, 60))
-    with pytest.raises(ValueError, match=r"\(N, 1, H, H\)"):
-        plot.image_grid(torch.zeros(3, 3, 8, 8))
+    colour = plot.image_grid(torch.zeros(5, 3, 8, 8), nrow=5).get_images()[0].get_array()
+    assert colour.shape == (9 + 1, 5 * 9 + 1, 3)
+    with pytest.raises(ValueError, match=r"\(N, 1 or 3, H, H\)"):
+        plot.image_grid(torch.zeros(3, 2, 8, 8))
 
 
 def test_line():

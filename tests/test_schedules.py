@@ -55,6 +55,13 @@ def test_variance_preserving(sch):
     torch.testing.assert_close(sch.alpha(t) ** 2 + sch.sigma(t) ** 2, torch.ones_like(t))
 
 
+@pytest.mark.parametrize("sch", [S.VPLinear(), S.VPCosine(), S.get_schedule("ddpm_linear")], ids=lambda s: s.name)
+def test_vp_sde_is_finite_at_zero(sch):
+    f, g2 = sch.sde(torch.tensor([0.0, 0.5], dtype=F64))
+    assert torch.isfinite(f).all() and torch.isfinite(g2).all()
+    torch.testing.assert_close(g2, -2 * f)
+
+
 def test_vp_linear_closed_form():
     sch = S.VPLinear(0.1, 20.0)
     t = grid()

@@ -1,0 +1,71 @@
+"""Tests for the flow-view additions to dlib.metrics (chapter 3): straightness of PF-ODE paths."""
+
+import pytest
+import torch
+
+from dlib import analytic, metrics, param, sampling, schedules as S
+
+F64 = torch.float64
+
+
+def _velocity(fn, schedule=None):
+    return param.Denoiser(fn, schedule or S.LinearInterpolant(), "velocity")
+
+
+def test_constant_field_is_straight(gen):
+    c = torch.tensor([1.5, -2.0], dtype=F64)
+    den = _velocity(lambda x, t: c.expand_as(x))
+    x = torch.randn(50, 2, generator=gen, dtype=F64)
+    ts = sampling.time_grid(10, 1.0, 1e-3)
+    assert metrics.straightness(den, x, ts) < 1e-24
+    assert metrics.straightness(den, x, ts, relative=True) < 1e-24
+
+
+def test_point_mass_rectified_flow_is_straight(gen):
+    # data = a point m: the rectified-flow velocity (x - m)/t moves every point on a straight line
+    m = torch.tensor([0.7, -0.3], dtype=F64)
+    den = _velocity(lambda x, t: (x - m) / t[:, None])
+    x = torch.randn(40, 2, generator=gen, dtype=F64)
+    assert metrics.straightness(den, x, sampling.time_grid(7, 1.0, 1e-2)) < 1e-20
+
+
+def test_known_curved_field():
+    # v = 2t in 1-D: x(t) = t^2 + C, chord speed 1 + a on [a, 1], S = (1 - a)^2 / 3
+    a = 1e-3
+    den = _velocity(lambda x, t: 2 * t[:, None].expand_as(x))
+    x = torch.zeros(3, 1, dtype=F64)
+    s = metrics.straightness(den, x, sampling.time_grid(2000, 1.0, a))
+    assert s == pytest.approx((1 - a) ** 2 / 3, rel=1e-6)
+    rel = metrics.straightness(den, x, sampling.time_grid(2000, 1.0, a), relative=True)
+    assert rel == pytest.approx((1 - a) ** 2 / 3 / (1 + a) ** 2, rel=1e-6)
+
+
+def test_rectified_flow_of_a_mixture_is_curved_and_converges(gen):
+    gmm = analytic.ring(4, 2.0, 0.2)
+    rf = S.LinearInterpolant()
+    den = param.Denoiser(lambda x, t: (lambda x0, e: e - x0)(*gmm.x0_eps(x, t, rf)), rf, "velocity")
+    z = torch.randn(200, 2, generator=gen, dtype=F64)
+    s1 = metrics.straightness(den, z, sampling.time_grid(200, 0.999, 1e-3))
+    s2 = metrics.straightness(den, z, sampling.time_grid(400, 0.999, 1e-3))
+    assert s1 > 0.05  # the marginal field of crossing straight paths is curved
+    assert s1 == pytest.approx(s2, rel=1e-3)
+    # the relative value is scale-free: the field of the process scaled by c has paths scaled by c
+    c = 3.0
+    den_c = param.Denoiser(lambda x, t: c * den.fn(x / c, t), rf, "velocity")
+    ts = sampling.time_grid(200, 0.999, 1e-3)
+    assert metrics.straightness(den_c, c * z, ts) == pytest.approx(c**2 * s1, rel=1e-10)
+    assert metrics.straightness(den_c, c * z, ts, relative=True) == pytest.approx(
+        metrics.straightness(den, z, ts, relative=True), rel=1e-10)
+
+
+def test_straightness_input_checks(gen):
+    den = _velocity(lambda x, t: x)
+    x = torch.randn(5, 2, generator=gen)
+    with pytest.raises(ValueError, match="positive time"):
+        metrics.straightness(den, x, sampling.time_grid(4, 1.0, 1e-3, final_zero=True))
+    with pytest.raises(ValueError, match="decreasing"):
+        metrics.straightness(den, x, torch.tensor([0.1, 0.5]))
+    with pytest.raises(ValueError, match="Denoiser"):
+        metrics.straightness(lambda x, t: x, x, sampling.time_grid(4))
+    with pytest.raises(ValueError, match="batch"):
+        metrics.straightness(den, torch.zeros(3), sampling.time_grid(4))
