@@ -102,6 +102,18 @@ def sample_ancestral(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: float = 1.
     return x
 
 
+def _reverse_sde_step(denoiser, x, t, s, eta, generator):
+    """One Euler–Maruyama step from t to s < t of the reverse-time family with parameter eta."""
+    f, g2 = denoiser.schedule.sde(t)
+    f, g2 = f.to(x.dtype), g2.to(x.dtype)
+    score = denoiser.score(x, _t(t, x))
+    h = (s - t).to(x.dtype)  # negative
+    x = x + (f * x - 0.5 * (1 + eta**2) * g2 * score) * h
+    if eta > 0:
+        x = x + eta * (g2 * (-h)).sqrt() * _noise(x, generator)
+    return x
+
+
 @torch.no_grad()
 def sample_euler_maruyama(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: float = 1.0,
                           generator: torch.Generator | None = None, callback: Callable | None = None) -> torch.Tensor:
@@ -110,7 +122,6 @@ def sample_euler_maruyama(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: float
     ts = _check(denoiser, x, ts)
     if eta < 0:
         raise ValueError(f"eta must be >= 0; got {eta}")
-    sch = denoiser.schedule
     for i in range(ts.numel() - 1):
         t, s = ts[i], ts[i + 1]
         tb = _t(t, x)
@@ -118,14 +129,7 @@ def sample_euler_maruyama(denoiser: Denoiser, x: torch.Tensor, ts, *, eta: float
             x0 = denoiser.x0(x, tb)
             x = x0
         else:
-            f, g2 = sch.sde(t)
-            f, g2 = f.to(x.dtype), g2.to(x.dtype)
-            score = denoiser.score(x, tb)
-            h = (s - t).to(x.dtype)  # negative
-            x = x + (f * x - 0.5 * (1 + eta**2) * g2 * score) * h
-            if eta > 0:
-                x = x + eta * (g2 * (-h)).sqrt() * _noise(x, generator)
-            x0 = None
+            x, x0 = _reverse_sde_step(denoiser, x, t, s, eta, generator), None
         if callback is not None:
             callback({"i": i, "t": float(t), "t_next": float(s), "x": x, "x0": x0})
     return x
@@ -268,7 +272,6 @@ def sample_predictor_corrector(denoiser: Denoiser, x: torch.Tensor, ts, *, n_cor
     if isinstance(n_corrector, bool) or not isinstance(n_corrector, int) or n_corrector < 0:
         raise ValueError(f"n_corrector must be a non-negative integer; got {n_corrector!r}")
     positive(snr, "snr")
-    sch = denoiser.schedule
     B = x.shape[0]
     for i in range(ts.numel() - 1):
         t, s = ts[i], ts[i + 1]
@@ -277,12 +280,7 @@ def sample_predictor_corrector(denoiser: Denoiser, x: torch.Tensor, ts, *, n_cor
             x0 = denoiser.x0(x, tb)
             x = x0
         else:
-            f, g2 = sch.sde(t)
-            f, g2 = f.to(x.dtype), g2.to(x.dtype)
-            score = denoiser.score(x, tb)
-            h = (s - t).to(x.dtype)  # negative
-            x = x + (f * x - g2 * score) * h
-            x = x + (g2 * (-h)).sqrt() * _noise(x, generator)
+            x = _reverse_sde_step(denoiser, x, t, s, 1.0, generator)  # the predictor
             sb = _t(s, x)
             for _ in range(n_corrector):
                 score = denoiser.score(x, sb)
