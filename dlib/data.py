@@ -2,7 +2,7 @@ r"""Offline data sets: 2-D toy distributions and the 8x8 digits bundled with sci
 
 Every function is deterministic given ``seed`` and returns float32 torch tensors (labels: int64).
 
-* :func:`two_moons`, :func:`checkerboard`, :func:`swiss_roll`, dispatched by :func:`toy_2d`.
+* :func:`two_moons`, :func:`checkerboard`, :func:`swiss_roll`, :func:`gaussian_ring`, dispatched by :func:`toy_2d`.
 * :func:`digits`  1797 grey-scale 8x8 digits, pixels mapped to $[-1, 1]$, with a seeded split.
 * :func:`to_images` reshapes flat digits (N, 64) to (N, 1, 8, 8); :func:`batches` draws minibatches.
 """
@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits, make_moons, make_swiss_roll
 
 from ._checks import one_of
 
-__all__ = ["two_moons", "checkerboard", "swiss_roll", "toy_2d", "TOY_2D", "digits", "to_images", "batches",
+__all__ = ["two_moons", "checkerboard", "swiss_roll", "gaussian_ring", "toy_2d", "TOY_2D", "digits", "to_images", "batches",
            "image_dataset", "FULL_SCALE_DATASETS"]
 
 
@@ -70,7 +70,15 @@ def swiss_roll(n: int, noise: float = 0.5, seed: int = 0) -> torch.Tensor:
     return torch.as_tensor(x[:, [0, 2]] / 3.0, dtype=torch.float32)
 
 
-TOY_2D = {"moons": two_moons, "checkerboard": checkerboard, "swiss_roll": swiss_roll}
+def gaussian_ring(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` points of the ring of 8 Gaussians (radius 4, std 0.5), shape (n, 2). The same law, with its
+    exact density and score, is :func:`dlib.analytic.ring`; this is its sampler for data pipelines."""
+    from .analytic import ring
+
+    return ring().sample(_count(n), torch.Generator().manual_seed(seed)).float()
+
+
+TOY_2D = {"moons": two_moons, "checkerboard": checkerboard, "swiss_roll": swiss_roll, "ring": gaussian_ring}
 
 
 def toy_2d(name: str, n: int, seed: int = 0) -> torch.Tensor:

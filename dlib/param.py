@@ -9,12 +9,12 @@ kind           definition                                               name in 
 =============  =======================================================  ======================
 ``"eps"``      $\hat\epsilon=E[\epsilon\mid x_t]$                         noise prediction (DDPM)
 ``"x0"``       $\hat x_0=E[x_0\mid x_t]$                                  data / "sample" prediction
-``"v"``        $\hat v=\alpha_t\hat\epsilon-\sigma_t\hat x_0$              v-prediction (Salimans & Ho)
+``"v"``        $\hat{\mathrm v}=\alpha_t\hat\epsilon-\sigma_t\hat x_0$     v-prediction (Salimans & Ho)
 ``"score"``    $\nabla\log p_t=-\hat\epsilon/\sigma_t$                     score (Tweedie)
-``"velocity"`` $u=\dot\alpha_t\hat x_0+\dot\sigma_t\hat\epsilon$            flow velocity = PF-ODE drift
+``"velocity"`` $v=\dot\alpha_t\hat x_0+\dot\sigma_t\hat\epsilon$            flow velocity = PF-ODE drift
 =============  =======================================================  ======================
 
-"v" and "velocity" are different objects (they coincide only for $\alpha=\cos\phi,\sigma=\sin\phi$ in
+"v" ($\mathrm v$) and "velocity" ($v$) are different objects (they coincide only for $\alpha=\cos\phi,\sigma=\sin\phi$ in
 the time $\phi$).
 """
 

@@ -105,3 +105,17 @@ def test_image_dataset_fails_clearly():
     except ImportError:
         with _pytest.raises(RuntimeError, match="needs torchvision"):
             _data.image_dataset("mnist")
+
+
+def test_gaussian_ring_matches_the_analytic_model():
+    from dlib import analytic as _analytic
+    from dlib import data as _data
+
+    x = _data.toy_2d("ring", 20000, seed=3)
+    assert x.dtype == torch.float32 and x.shape == (20000, 2)
+    assert torch.equal(x, _data.gaussian_ring(20000, seed=3))
+    assert (x.norm(dim=1).mean() - 4.0).abs() < 0.05
+    # mean log-density under the exact model is the model's entropy (up to Monte-Carlo error)
+    ll = _analytic.ring().log_prob(x.double()).mean()
+    ref = _analytic.ring().log_prob(_analytic.ring().sample(20000, torch.Generator().manual_seed(4))).mean()
+    assert abs(ll - ref) < 0.05
