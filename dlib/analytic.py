@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ._checks import batch_time, bcast, one_of
+from ._checks import batch_time, one_of
 from .param import KINDS, Denoiser, from_x0_eps
 from .schedules import Schedule
 

@@ -10,6 +10,7 @@ import torch
 
 from ._checks import as_time, one_of, positive
 from .param import Denoiser
+from .sampling import sample_heun
 
 __all__ = ["sliced_wasserstein", "mmd", "energy_distance", "log_likelihood", "pf_ode_log_likelihood",
            "straightness"]
@@ -167,8 +168,6 @@ def straightness(denoiser: Denoiser, x: torch.Tensor, ts, *, relative: bool = Fa
     the batch mean. ``relative=True`` divides by the mean squared chord speed, which makes $S$ free
     of the scale of ``x``. $S$ depends on the time variable: the same curves in another schedule's
     time have another $S$. ``ts`` must not end at 0 (a grid ending at 0 means a denoising step)."""
-    from .sampling import sample_heun
-
     if not isinstance(denoiser, Denoiser):
         raise ValueError(f"denoiser must be a dlib.param.Denoiser; got {type(denoiser).__name__}")
     if not torch.is_tensor(x) or x.dim() < 2 or x.shape[0] < 1:

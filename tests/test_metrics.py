@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dlib import analytic, metrics, param, schedules as S
+from dlib import analytic, metrics, schedules as S
 
 F64 = torch.float64
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dlib import analytic, param, sampling, schedules as S
+from dlib import analytic, sampling, schedules as S
 
 F64 = torch.float64
 MU, VAR = torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.5, 2.0], dtype=F64)
