@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 source scripts/_env.sh
 start=$SECONDS
 
+echo "== lint (ruff, 88 columns: dlib, tests, scripts, benchmarks, chapters) =="
+ruff check dlib tests scripts benchmarks chapters
+
 echo "== 1/3 dlib unit tests =="
 python -m pytest tests -n 2 -q -p no:cacheprovider --cov=dlib --cov-report=term --cov-fail-under=85
 
