@@ -8,4 +8,7 @@ which ``dlib`` they imported.
 __version__ = "0.1.0"
 __book__ = "diffusion-book"  # marker: notebooks assert this to be sure they imported this project
 
-from . import analytic, data, losses, metrics, nets, param, plot, runtime, sampling, schedules, train  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    analytic, data, fullscale, losses, metrics, nets, param, plot, runtime, sampling,
+    schedules, train,
+)

@@ -17,8 +17,9 @@ import math
 
 import torch
 
-from ._checks import batch_time, one_of
-from .param import KINDS, Denoiser, from_x0_eps
+from . import _checks as C
+from ._checks import one_of
+from .param import KINDS, Denoiser, _prediction_from
 from .schedules import Schedule
 
 __all__ = ["GaussianMixture", "Gaussian", "ring", "song_ermon", "AnalyticDenoiser"]
@@ -74,20 +75,37 @@ class GaussianMixture:
         if not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != self.dim:
             shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"x must be a tensor of shape (B, {self.dim}); got {shape}")
-        return x.to(_F64)
+        if x.shape[0] < 1:
+            raise ValueError("x must hold at least one point")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
+        return C.finite(x, "x")
 
     def _scales(self, x, t, schedule):
-        """alpha, sigma per sample (B, 1, 1) in float64; t=None means the data distribution."""
+        """alpha, sigma in float64: floats for one time, (B, 1, 1) tensors for one time per
+        sample; t=None means the data distribution (alpha = 1, sigma = 0)."""
         if t is None:
-            one = torch.ones(x.shape[0], 1, 1, dtype=_F64, device=x.device)
-            return one, torch.zeros_like(one)
+            return 1.0, 0.0
         if schedule is None:
             raise ValueError("a schedule is required when t is given")
-        t = batch_time(t, x).to(_F64)
-        return schedule.alpha(t)[:, None, None], schedule.sigma(t)[:, None, None]
+        if isinstance(t, float):
+            c = schedule._coefficients(t)
+            return c.alpha, c.sigma
+        t = t.to(device=x.device, dtype=_F64)
+        a, s = schedule._log_alpha(t).exp(), schedule._log_sigma(t).exp()
+        return a[:, None, None], s[:, None, None]
+
+    def _time(self, x, t, schedule):
+        """Validate a public call's time (None, a number or a (B,) tensor)."""
+        if t is None:
+            return None
+        if schedule is None:
+            raise ValueError("a schedule is required when t is given")
+        C.schedule(schedule)
+        return C.check_time(t, x)
 
     def _posterior(self, x, t, schedule):
-        x = self._check_x(x)
+        x = x.to(_F64)
         a, s = self._scales(x, t, schedule)
         m = a * self.means[None]                     # (B, K, D)
         v = a**2 * self.variances[None] + s**2       # (B, K, D)
@@ -100,14 +118,20 @@ class GaussianMixture:
 
     def log_prob(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
         r"""$\log p_t(x)$ (shape (B,), float64); ``t=None`` gives the data density $p_0$."""
-        return self._posterior(x, t, schedule)[-1]
+        x = self._check_x(x)
+        return self._posterior(x, self._time(x, t, schedule), schedule)[-1]
 
     def responsibilities(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
         """Posterior component probabilities r_k(x) under p_t, shape (B, K)."""
-        return self._posterior(x, t, schedule)[5]
+        x = self._check_x(x)
+        return self._posterior(x, self._time(x, t, schedule), schedule)[5]
 
     def score(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
         r"""$\nabla_x\log p_t(x)$, shape (B, D), float64."""
+        x = self._check_x(x)
+        return self._score(x, self._time(x, t, schedule), schedule)
+
+    def _score(self, x, t, schedule):
         _, _, _, v, diff, r, _ = self._posterior(x, t, schedule)
         return (r[..., None] * (-diff / v)).sum(1)
 
@@ -115,6 +139,10 @@ class GaussianMixture:
         r"""Exact $(E[x_0\mid x_t], E[\epsilon\mid x_t])$, each (B, D), float64."""
         if t is None:
             raise ValueError("x0_eps needs a time t and a schedule")
+        x = self._check_x(x)
+        return self._x0_eps(x, self._time(x, t, schedule), schedule)
+
+    def _x0_eps(self, x, t, schedule):
         x, a, s, v, diff, r, _ = self._posterior(x, t, schedule)
         x0 = (r[..., None] * (self.means[None] + a * self.variances[None] / v * diff)).sum(1)
         eps = (r[..., None] * (s / v * diff)).sum(1)
@@ -123,10 +151,19 @@ class GaussianMixture:
     def predict(self, x: torch.Tensor, t, schedule: Schedule, kind: str = "eps") -> torch.Tensor:
         """The exact prediction of ``kind`` (one of dlib.param.KINDS) at (x, t)."""
         one_of(kind, KINDS, "prediction kind")
+        if t is None:
+            raise ValueError("predict needs a time t and a schedule")
+        x = self._check_x(x)
+        return self._predict(x, self._time(x, t, schedule), schedule, kind)
+
+    def _predict(self, x, t, schedule, kind):
         if kind == "score":  # direct formula: stable also where sigma_t is tiny
-            return self.score(x, t, schedule)
-        x0, eps = self.x0_eps(x, t, schedule)
-        return from_x0_eps(x0, eps, kind, x.to(_F64), t, schedule)
+            return self._score(x, t, schedule)
+        x0, eps = self._x0_eps(x, t, schedule)
+        x64 = x.to(_F64)
+        if not isinstance(t, float):
+            t = t.to(_F64)
+        return _prediction_from(x0, eps, kind, x64, t, schedule)
 
     def denoiser(self, schedule: Schedule) -> "AnalyticDenoiser":
         """This model's exact predictions wrapped as a :class:`dlib.param.Denoiser` (the oracle)."""
@@ -152,24 +189,30 @@ class GaussianMixture:
 
 
 class AnalyticDenoiser(Denoiser):
-    """The exact denoiser of a :class:`GaussianMixture` (every kind computed directly, no division by
-    a vanishing alpha or sigma)."""
+    """The exact denoiser of a :class:`GaussianMixture` (every kind computed directly, no
+    division by a vanishing alpha or sigma), evaluated in float64 and returned in x's dtype."""
 
     def __init__(self, model: GaussianMixture, schedule: Schedule):
+        if not isinstance(model, GaussianMixture):
+            raise ValueError(f"model must be a dlib.analytic.GaussianMixture; got "
+                             f"{type(model).__name__}")
         super().__init__(lambda x, t: model.predict(x, t, schedule, "eps"), schedule, "eps")
         self.model = model
 
     def __repr__(self):
         return f"AnalyticDenoiser({self.model!r}, schedule={self.schedule!r})"
 
-    def predict(self, x, t, kind=None):
-        self.nfe += 1
-        out = self.model.predict(x, batch_time(t, x), self.schedule, kind or self.kind)
-        return out.to(x.dtype)
+    def _inputs(self, x, t):
+        x = self.model._check_x(x)
+        return x, C.check_time(t, x)
 
-    def x0_eps(self, x, t):
+    def _predict(self, x, t, kind=None):
         self.nfe += 1
-        x0, eps = self.model.x0_eps(x, batch_time(t, x), self.schedule)
+        return self.model._predict(x, t, self.schedule, kind or self.kind).to(x.dtype)
+
+    def _x0_eps(self, x, t):
+        self.nfe += 1
+        x0, eps = self.model._x0_eps(x, t, self.schedule)
         return x0.to(x.dtype), eps.to(x.dtype)
 
 

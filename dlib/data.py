@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits, make_moons, make_swiss_roll
 from ._checks import one_of
 
 __all__ = ["two_moons", "checkerboard", "swiss_roll", "gaussian_ring", "toy_2d", "TOY_2D", "digits", "to_images", "batches",
-           "image_dataset", "FULL_SCALE_DATASETS"]
+           "image_dataset", "digits_images", "FULL_SCALE_DATASETS"]
 
 
 def _count(n, name: str = "n") -> int:
@@ -149,8 +149,9 @@ def image_dataset(name: str, root: str = "data_cache", train: bool = True) -> to
     one_of(name, FULL_SCALE_DATASETS, "full-scale data set")
     try:
         import torchvision
-    except ImportError:
-        raise RuntimeError(f"loading {name} needs torchvision (pip install torchvision); it is not installed") from None
+    except Exception as exc:  # missing, or built for another torch ("operator ... does not exist")
+        raise RuntimeError(f"loading {name} needs a torchvision that matches this torch "
+                           f"(pip install torchvision); importing it failed: {exc}") from None
     cls = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
     try:
         ds = cls(root=root, train=train, download=True)
@@ -162,3 +163,19 @@ def image_dataset(name: str, root: str = "data_cache", train: bool = True) -> to
     else:  # CIFAR-10: (N, 32, 32, 3) -> (N, 3, 32, 32)
         x = x.permute(0, 3, 1, 2).contiguous()
     return x
+
+
+def digits_images(split: str = "train", size: int = 32, seed: int = 0) -> torch.Tensor:
+    """The 8x8 digits of :func:`digits` as images (N, 1, size, size) in [-1, 1],
+    upsampled bilinearly when ``size`` > 8: the offline stand-in for a full-scale image
+    data set (:func:`dlib.fullscale.run_image_experiment` falls back to it when CIFAR-10
+    or MNIST cannot be loaded). ``split`` and ``seed`` as in :func:`digits`."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise ValueError(f"size must be an integer >= 8; got {size!r}")
+    x = to_images(digits(split, seed=seed)[0])
+    if size == 8:
+        return x
+    up = torch.nn.functional.interpolate(
+        x, size=size, mode="bilinear", align_corners=False
+    )
+    return up.clamp(-1.0, 1.0)

@@ -8,9 +8,10 @@ from typing import Callable
 
 import torch
 
+from . import _checks as C
 from ._checks import as_time, one_of, positive
 from .param import Denoiser
-from .sampling import sample_heun
+from .sampling import _solve_ivp, sample_heun
 
 __all__ = ["sliced_wasserstein", "mmd", "energy_distance", "log_likelihood", "pf_ode_log_likelihood",
            "straightness"]
@@ -117,40 +118,43 @@ def pf_ode_log_likelihood(denoiser: Denoiser, x: torch.Tensor, *, t_min: float =
     $t_{max}$ (right for unit-variance data); pass ``prior_log_prob`` for anything else (it receives the
     end points on the CPU in float64). The ODE state is kept on the CPU in float64 by scipy; the model is
     evaluated in ``x``'s dtype and on ``x``'s device, so a GPU model needs no wrapper."""
-    from scipy.integrate import solve_ivp
-
     one_of(divergence, ("exact", "hutchinson"), "divergence")
     as_time(torch.tensor([t_min, t_max]), name="t_min/t_max")
     if not 0 < t_min < t_max:
         raise ValueError(f"need 0 < t_min < t_max; got {t_min}, {t_max}")
-    if not isinstance(denoiser, Denoiser):
-        raise ValueError("denoiser must be a dlib.param.Denoiser")
+    C.denoiser(denoiser)
+    C.batch(x, "x")
+    n_probes = C.positive_int(n_probes, "n_probes")
+    rtol, atol = positive(rtol, "rtol"), positive(atol, "atol")
+    C.optional_function(prior_log_prob, "prior_log_prob", "prior_log_prob(x)")
+    C.generator(generator)
     shape, B = x.shape, x.shape[0]
     D = x[0].numel()
     dtype = torch.float64
     probes = None
     if divergence == "hutchinson":
-        probes = [(torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(device=x.device, dtype=x.dtype)
-                  for _ in range(n_probes)]
+        probes = [(torch.randint(0, 2, shape, generator=generator) * 2 - 1)
+                  .to(device=x.device, dtype=x.dtype) for _ in range(n_probes)]
 
-    def rhs(t, y):
-        # the ODE state lives on the CPU in float64; the model is evaluated in x's dtype on x's device
-        xt = torch.from_numpy(y[: B * D]).reshape(shape).to(device=x.device, dtype=x.dtype)
-        tb = torch.full((B,), t, dtype=x.dtype, device=x.device)
-        fn = lambda z: denoiser.velocity(z, tb)  # noqa: E731
-        v, div = _divergence_exact(fn, xt) if probes is None else _divergence_hutchinson(fn, xt, probes)
-        return torch.cat([v.reshape(-1), div]).to(dtype).cpu().numpy()
+    def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
+        # the ODE state lives on the CPU in float64; the model runs in x's dtype and device
+        xt = y[: B * D].reshape(shape).to(device=x.device, dtype=x.dtype)
+        fn = lambda z: denoiser._predict(z, t, "velocity")  # noqa: E731
+        if probes is None:
+            v, div = _divergence_exact(fn, xt)
+        else:
+            v, div = _divergence_hutchinson(fn, xt, probes)
+        return torch.cat([v.reshape(-1), div]).to("cpu", dtype)
 
-    y0 = torch.cat([x.detach().to(dtype).cpu().reshape(-1), torch.zeros(B, dtype=dtype)]).numpy()
-    sol = solve_ivp(rhs, (t_min, t_max), y0, method="RK45", rtol=rtol, atol=atol)
-    if not sol.success:
-        raise RuntimeError(f"ODE solver failed: {sol.message}")
-    yT = torch.from_numpy(sol.y[:, -1].copy())
+    y0 = torch.cat([x.detach().to("cpu", dtype).reshape(-1), torch.zeros(B, dtype=dtype)])
+    yT = _solve_ivp(rhs, y0, (t_min, t_max), None, method="RK45", rtol=rtol, atol=atol)[-1]
     xT, int_div = yT[: B * D].reshape(shape), yT[B * D:]
     if prior_log_prob is None:
         sch = denoiser.schedule
-        var = float(sch.alpha(torch.tensor(t_max, dtype=dtype)) ** 2 + sch.sigma(torch.tensor(t_max, dtype=dtype)) ** 2)
-        prior = -0.5 * (xT.reshape(B, -1) ** 2).sum(1) / var - 0.5 * D * math.log(2 * math.pi * var)
+        c = sch.coefficients(t_max)
+        var = c.alpha**2 + c.sigma**2
+        prior = (-0.5 * (xT.reshape(B, -1) ** 2).sum(1) / var
+                 - 0.5 * D * math.log(2 * math.pi * var))
     else:
         prior = prior_log_prob(xT)
     return prior + int_div
@@ -168,10 +172,8 @@ def straightness(denoiser: Denoiser, x: torch.Tensor, ts, *, relative: bool = Fa
     the batch mean. ``relative=True`` divides by the mean squared chord speed, which makes $S$ free
     of the scale of ``x``. $S$ depends on the time variable: the same curves in another schedule's
     time have another $S$. ``ts`` must not end at 0 (a grid ending at 0 means a denoising step)."""
-    if not isinstance(denoiser, Denoiser):
-        raise ValueError(f"denoiser must be a dlib.param.Denoiser; got {type(denoiser).__name__}")
-    if not torch.is_tensor(x) or x.dim() < 2 or x.shape[0] < 1:
-        raise ValueError("x must be a batch tensor of shape (B, ...)")
+    C.denoiser(denoiser)
+    C.batch(x, "x")
     ts = torch.as_tensor(ts, dtype=torch.float64)
     as_time(ts, name="ts")
     if ts.dim() != 1 or ts.numel() < 2 or (ts[1:] >= ts[:-1]).any():
@@ -182,8 +184,7 @@ def straightness(denoiser: Denoiser, x: torch.Tensor, ts, *, relative: bool = Fa
     sample_heun(denoiser, x, ts, callback=lambda info: states.append(info["x"]))
     B = x.shape[0]
     with torch.no_grad():
-        vel = [denoiser.velocity(xi, torch.full((B,), float(ti), dtype=x.dtype, device=x.device))
-               for xi, ti in zip(states, ts)]
+        vel = [denoiser._predict(xi, float(ti), "velocity") for xi, ti in zip(states, ts)]
     span = float(ts[-1] - ts[0])  # negative: the ODE runs backwards in time
     chord = (states[-1] - states[0]) / span
     dev = torch.stack([(chord - v).reshape(B, -1).pow(2).sum(1).to(torch.float64) for v in vel])  # (N+1, B)

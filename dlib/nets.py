@@ -1,12 +1,24 @@
-r"""Small denoiser networks: an MLP for low-dimensional data and a UNet for tiny images.
+r"""Denoiser networks: an MLP for low-dimensional data and a U-Net for images.
 
-Both networks take a batch ``x`` and a time ``t`` in $[0,1]$ (a scalar, broadcast to the batch,
-or one time per sample) and return a tensor of the same shape as ``x``. What that output *means*
-(noise, data, score or velocity) is decided by the parameterisation, not by the network.
+Both networks take a batch ``x`` and a time ``t`` in $[0,1]$ (a scalar, broadcast to the
+batch, or one time per sample) and return a tensor of the same shape as ``x``. What that
+output *means* (noise, data, score or velocity) is decided by the parameterisation, not
+by the network.
 
 * :class:`SinusoidalEmbedding`  the time features shared by both networks.
 * :class:`MLP`   time embedding added to every hidden layer; SiLU activations.
-* :class:`UNet`  residual blocks with GroupNorm, time injection and skip connections.
+* :class:`UNet`  residual blocks with GroupNorm, time injection and skip connections;
+  small by default, DDPM's CIFAR-10 network with :meth:`UNet.ddpm_cifar10`.
+
+Dtypes. Times are floating point whatever the data's dtype (integer times or integer
+data give float times). The input is cast to the dtype of the network's parameters, and
+the output is returned in the input's floating dtype: float64 data (as the
+:mod:`dlib.analytic` ground truth returns) go through a float32 network and come back as
+float64, equal to the float32 result. Integer input comes back in the parameters' dtype.
+
+Checks. Shapes, dtypes and Python-number times are checked at every call; the
+*values* of a tensor of times are checked only on the CPU, so that a sampler's step on
+a GPU never waits for the device (see :mod:`dlib._checks`).
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import as_time, batch_time
+from ._checks import in_range, positive_int
 
 __all__ = ["SinusoidalEmbedding", "MLP", "UNet", "count_params"]
 
@@ -26,186 +38,417 @@ __all__ = ["SinusoidalEmbedding", "MLP", "UNet", "count_params"]
 def count_params(module: nn.Module) -> int:
     """Number of trainable parameters (those with ``requires_grad``) of ``module``."""
     if not isinstance(module, nn.Module):
-        raise ValueError(f"count_params expects a torch.nn.Module; got {type(module).__name__}")
+        raise ValueError(
+            f"count_params expects a torch.nn.Module; got {type(module).__name__}"
+        )
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return value
+def _times(t, batch: int, like: torch.Tensor, name: str = "t") -> torch.Tensor:
+    """``t`` (a number, a 0-d tensor or a (batch,) tensor, any real dtype) as a (batch,)
+    tensor with ``like``'s floating dtype and device. Values must lie in [0, 1]; for a
+    tensor on an accelerator they are not checked (that would make the host wait)."""
+    if isinstance(t, (bool, str)) or t is None:
+        raise ValueError(f"{name} must be a number or a tensor of times; got {t!r}")
+    if not torch.is_tensor(t):
+        try:
+            t = torch.as_tensor(t, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(
+                f"{name} must be a number or a tensor of times; got {type(t).__name__}"
+            ) from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must hold real times; got dtype {t.dtype}")
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(
+            f"{name} must be a scalar or have shape ({batch},) to match a batch of "
+            f"{batch}; got shape {tuple(t.shape)}"
+        )
+    if t.device.type == "cpu" and t.numel():
+        lo, hi = torch.aminmax(t)
+        if not (lo.item() >= 0 and hi.item() <= 1):  # False for NaN too
+            bad = ~torch.isfinite(t) | (t < 0) | (t > 1)
+            vals = t[bad][:3].tolist()
+            raise ValueError(f"{name} must lie in [0, 1]; got values such as {vals}")
+    return t.to(device=like.device, dtype=like.dtype)
+
+
+def _input(x, want: tuple, params: nn.Module, name: str = "x") -> torch.Tensor:
+    """Check that ``x`` is a real tensor of shape (B, *want) and cast it to the dtype of
+    the parameters of ``params``."""
+    if not torch.is_tensor(x) or x.dim() != len(want) + 1 or tuple(x.shape[1:]) != want:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        dims = ", ".join(str(d) for d in want)
+        raise ValueError(f"{name} must be a tensor of shape (B, {dims}); got {shape}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{name} must hold real numbers; got dtype {x.dtype}")
+    return x.to(next(params.parameters()).dtype)
+
+
+def _output(h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The network's output in the input's floating dtype (see the module docstring)."""
+    return h.to(x.dtype) if x.is_floating_point() else h
 
 
 class SinusoidalEmbedding(nn.Module):
     r"""Fixed sin/cos features of a time $t\in[0,1]$, as in the Transformer and DDPM.
 
     The time is first multiplied by 1000, so that the frequencies
-    $\omega_k = \text{max\_period}^{-k/(\text{dim}/2)}$ (from 1 down to ``1/max_period``) separate
-    times that differ by about $10^{-3}$: without the factor, the features of nearby times in
-    $[0,1]$ would be almost identical. Output: ``cat(sin(1000 t w), cos(1000 t w))`` of shape (B, dim).
+    $\omega_k = \text{max\_period}^{-k/(\text{dim}/2)}$ (from 1 down to
+    ``1/max_period``) separate times that differ by about $10^{-3}$: without the factor,
+    the features of nearby times in $[0,1]$ would be almost identical. Output:
+    ``cat(sin(1000 t w), cos(1000 t w))`` of shape (B, dim), in the dtype of the
+    module's buffer (float32 unless the module was converted).
     """
 
     def __init__(self, dim: int, max_period: float = 10000.0) -> None:
         super().__init__()
-        _positive_int(dim, "dim")
+        positive_int(dim, "dim")
         if dim % 2:
-            raise ValueError(f"dim must be even (half sin, half cos features); got {dim}")
-        if not (isinstance(max_period, (int, float)) and math.isfinite(max_period) and max_period > 1):
-            raise ValueError(f"max_period must be a finite number > 1; got {max_period!r}")
+            raise ValueError(
+                f"dim must be even (half sin, half cos features); got {dim}"
+            )
+        if (
+            isinstance(max_period, bool)
+            or not isinstance(max_period, (int, float))
+            or not math.isfinite(max_period)
+            or max_period <= 1
+        ):
+            raise ValueError(
+                f"max_period must be a finite number > 1; got {max_period!r}"
+            )
         self.dim = dim
         self.max_period = float(max_period)
         half = dim // 2
-        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, dtype=torch.float32) / half)
+        k = torch.arange(half, dtype=torch.float32)
+        freqs = torch.exp(-math.log(self.max_period) * k / half)
         self.register_buffer("freqs", freqs, persistent=False)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, t) -> torch.Tensor:
         """Embed times ``t`` of shape (B,) with values in [0, 1]; returns (B, dim)."""
-        t = as_time(t, name="t")
+        if not torch.is_tensor(t):
+            raise ValueError(f"t must be a tensor of shape (B,); got {t!r}")
         if t.dim() != 1:
             raise ValueError(f"t must have shape (B,); got shape {tuple(t.shape)}")
-        args = 1000.0 * t[:, None].to(self.freqs.dtype) * self.freqs[None, :]
+        return self._embed(_times(t, t.shape[0], self.freqs))
+
+    def _embed(self, t: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for checked times of shape (B,) in the buffer's dtype."""
+        args = 1000.0 * t[:, None] * self.freqs[None, :]
         return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, max_period={self.max_period:g}"
 
 
-def _time_mlp(emb_dim: int) -> nn.Sequential:
-    """Sinusoidal features followed by a small learned MLP (the usual time embedding)."""
-    return nn.Sequential(SinusoidalEmbedding(emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(),
-                         nn.Linear(emb_dim, emb_dim), nn.SiLU())
+class _TimeMLP(nn.Sequential):
+    """Sinusoidal features, then a small learned MLP (the usual time embedding). The
+    networks check their times once, so the features are computed unchecked here."""
+
+    def __init__(self, emb_dim: int) -> None:
+        super().__init__(
+            SinusoidalEmbedding(emb_dim),
+            nn.Linear(emb_dim, emb_dim),
+            nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim),
+            nn.SiLU(),
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        embedding, *layers = self
+        h = embedding._embed(t)
+        for layer in layers:
+            h = layer(h)
+        return h
 
 
 class MLP(nn.Module):
     """Time-conditioned MLP denoiser for vectors of shape (B, dim).
 
-    ``depth`` counts the linear layers that act on ``x``: an input layer ``dim -> hidden``,
-    ``depth - 2`` layers ``hidden -> hidden`` and an output layer ``hidden -> dim``. Before the
-    SiLU of each of the ``depth - 1`` hidden layers, a learned linear projection of the time
-    embedding is added (one projection per layer). With ``dim=64, hidden=256, depth=3`` this is
-    about 140k parameters, with ``dim=2, hidden=128, depth=3`` about 42k.
+    ``depth`` counts the linear layers that act on ``x``: an input layer
+    ``dim -> hidden``, ``depth - 2`` layers ``hidden -> hidden`` and an output layer
+    ``hidden -> dim``. Before the SiLU of each of the ``depth - 1`` hidden layers, a
+    learned linear projection of the time embedding is added (one projection per
+    layer). With ``dim=64, hidden=256, depth=3`` this is about 140k parameters, with
+    ``dim=2, hidden=128, depth=3`` about 42k. Dtypes: see the module docstring.
     """
 
-    def __init__(self, dim: int, hidden: int = 256, depth: int = 3, emb_dim: int = 64) -> None:
+    def __init__(
+        self, dim: int, hidden: int = 256, depth: int = 3, emb_dim: int = 64
+    ) -> None:
         super().__init__()
-        self.dim = _positive_int(dim, "dim")
-        self.hidden = _positive_int(hidden, "hidden")
-        self.depth = _positive_int(depth, "depth", minimum=2)
-        self.emb_dim = _positive_int(emb_dim, "emb_dim", minimum=2)
-        self.time = _time_mlp(emb_dim)
+        self.dim = positive_int(dim, "dim")
+        self.hidden = positive_int(hidden, "hidden")
+        self.depth = positive_int(depth, "depth", minimum=2)
+        self.emb_dim = positive_int(emb_dim, "emb_dim", minimum=2)
+        self.time = _TimeMLP(emb_dim)
         widths = [dim] + [hidden] * (depth - 1)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.time_proj = nn.ModuleList(nn.Linear(emb_dim, hidden) for _ in range(depth - 1))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.time_proj = nn.ModuleList(
+            nn.Linear(emb_dim, hidden) for _ in range(depth - 1)
+        )
         self.out = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Map ``x`` (B, dim) and ``t`` (scalar or (B,), in [0, 1]) to a tensor of shape (B, dim)."""
-        if not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != self.dim:
-            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must be a tensor of shape (B, {self.dim}); got {shape}")
-        emb = self.time(batch_time(t, x))
-        h = x
+        """Map ``x`` (B, dim) and ``t`` (scalar or (B,), in [0, 1]) to (B, dim)."""
+        h = _input(x, (self.dim,), self)
+        emb = self.time(_times(t, h.shape[0], h))
         for layer, proj in zip(self.layers, self.time_proj):
             h = F.silu(layer(h) + proj(emb))
-        return self.out(h)
+        return _output(self.out(h), x)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, hidden={self.hidden}, depth={self.depth}, emb_dim={self.emb_dim}, "
-                f"params={count_params(self):,}")
+        return (
+            f"dim={self.dim}, hidden={self.hidden}, depth={self.depth}, "
+            f"emb_dim={self.emb_dim}, params={count_params(self):,}"
+        )
 
 
-def _groups(channels: int) -> int:
-    """Largest of 8, 4, 2, 1 that divides ``channels`` (the number of GroupNorm groups)."""
-    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+class _SelfAttention(nn.Module):
+    r"""DDPM's attention block: GroupNorm, then single-head self-attention over the
+    H*W positions, $\mathrm{softmax}(QK^\top/\sqrt{C})V$ with 1x1-convolution
+    projections, added back to the input."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3)
+        q, k, v = qkv.unbind(1)  # each (B, H*W, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(C)
+        return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
 
 
 class _ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv, add time embedding, GroupNorm -> SiLU -> conv, plus a skip path."""
+    """GroupNorm -> SiLU -> conv, add the time embedding, GroupNorm -> SiLU ->
+    (dropout) -> conv, plus a skip path; optionally followed by self-attention."""
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        emb_dim: int,
+        groups: int,
+        dropout: float = 0.0,
+        attention: bool = False,
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
+        self.norm1 = nn.GroupNorm(math.gcd(c_in, groups), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.emb = nn.Linear(emb_dim, c_out)
-        self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
+        self.norm2 = nn.GroupNorm(math.gcd(c_out, groups), c_out)
+        self.dropout = dropout
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        if attention:
+            self.attn = _SelfAttention(c_out, math.gcd(c_out, groups))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.emb(emb)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
-        return h + self.skip(x)
+        h = F.silu(self.norm2(h))
+        if self.dropout:
+            h = F.dropout(h, self.dropout, self.training)
+        h = self.conv2(h) + self.skip(x)
+        return self.attn(h) if hasattr(self, "attn") else h
 
 
 class UNet(nn.Module):
-    """A small UNet for square images (sizes 8 to 32) of shape (B, in_channels, img_size, img_size).
+    """A U-Net for square images of shape (B, in_channels, img_size, img_size).
 
-    One residual block per resolution on the way down and on the way up (the up blocks receive the
-    down block's output through a skip connection), one block in the middle. Level ``i`` has
-    ``base_channels * channel_mults[i]`` channels; the resolution halves between levels (strided
-    convolution) and doubles on the way back (nearest upsampling + convolution), so ``img_size``
-    must be divisible by ``2 ** (len(channel_mults) - 1)``.
+    Level ``i`` works at resolution ``img_size / 2**i`` with
+    ``base_channels * channel_mults[i]`` channels: ``num_res_blocks`` residual blocks,
+    then a strided convolution that halves the resolution (not after the last level).
+    The middle has one block. The way up mirrors the way down (nearest upsampling and a
+    convolution between levels); every down block's output is kept and handed to one up
+    block of its level through a skip connection (concatenated channels). So
+    ``img_size`` must be divisible by ``2 ** (len(channel_mults) - 1)``.
+
+    The defaults give the book's small CPU network (one block per level, no attention,
+    no dropout, GroupNorm with gcd(channels, 8) groups). The options add DDPM's pieces:
+
+    * ``attn_resolutions``: a self-attention block after each residual block at these
+      resolutions (DDPM: 16 for 32x32 images);
+    * ``dropout``: dropout before the second convolution of each residual block;
+    * ``norm_groups``: each GroupNorm uses gcd(channels, norm_groups) groups (DDPM: 32);
+    * ``mid_attention``: the middle becomes block -> attention -> block;
+    * ``resample_skips``: the input convolution's output and every downsampled map are
+      kept as skips too, so each level of the way up has ``num_res_blocks + 1`` blocks
+      (DDPM's layout).
+
+    :meth:`ddpm_cifar10` sets them all as in DDPM's CIFAR-10 model. The time embedding
+    has ``emb_dim`` features (sinusoidal, then two linear layers with SiLU) and is added
+    in every residual block. Dtypes: see the module docstring.
     """
 
-    def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults: Sequence[int] = (1, 2),
-                 img_size: int = 8, emb_dim: int = 64) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2),
+        img_size: int = 8,
+        emb_dim: int = 64,
+        *,
+        num_res_blocks: int = 1,
+        attn_resolutions: Sequence[int] = (),
+        dropout: float = 0.0,
+        norm_groups: int = 8,
+        mid_attention: bool = False,
+        resample_skips: bool = False,
+    ) -> None:
         super().__init__()
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        _positive_int(base_channels, "base_channels")
-        self.img_size = _positive_int(img_size, "img_size")
-        self.emb_dim = _positive_int(emb_dim, "emb_dim", minimum=2)
-        mults = tuple(channel_mults) if isinstance(channel_mults, (list, tuple)) else ()
-        if not mults or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mults):
-            raise ValueError(f"channel_mults must be a non-empty sequence of positive integers; got {channel_mults!r}")
+        self.in_channels = positive_int(in_channels, "in_channels")
+        positive_int(base_channels, "base_channels")
+        self.img_size = positive_int(img_size, "img_size")
+        self.emb_dim = positive_int(emb_dim, "emb_dim", minimum=2)
+        self.num_res_blocks = positive_int(num_res_blocks, "num_res_blocks")
+        self.dropout = in_range(dropout, "dropout", 0.0, 1.0, hi_open=True)
+        positive_int(norm_groups, "norm_groups")
+        mults = _int_tuple(channel_mults, "channel_mults", nonempty=True)
         factor = 2 ** (len(mults) - 1)
         if img_size % factor:
-            raise ValueError(f"img_size must be divisible by 2**(len(channel_mults)-1) = {factor}; got {img_size}")
-        self.channel_mults = mults
+            raise ValueError(
+                f"img_size must be divisible by 2**(len(channel_mults)-1) = {factor}; "
+                f"got {img_size}"
+            )
+        sizes = [img_size // 2**i for i in range(len(mults))]
+        attn = _int_tuple(attn_resolutions, "attn_resolutions", nonempty=False)
+        if any(r not in sizes for r in attn):
+            raise ValueError(
+                f"attn_resolutions must be among the levels' resolutions {sizes}; "
+                f"got {attn_resolutions!r}"
+            )
+        for flag, name in (
+            (mid_attention, "mid_attention"),
+            (resample_skips, "resample_skips"),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False; got {flag!r}")
+        self.channel_mults, self.attn_resolutions = mults, attn
+        self.mid_attention, self.resample_skips = mid_attention, resample_skips
+
+        def block(c_in, c_out, size):
+            return _ResBlock(
+                c_in, c_out, emb_dim, norm_groups, self.dropout, attention=size in attn
+            )
+
         chs = [base_channels * m for m in mults]
-        self.time = _time_mlp(emb_dim)
+        self.time = _TimeMLP(emb_dim)
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        self.downsample = nn.ModuleList()
+        skip_chs = [base_channels] if resample_skips else []
+        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         ch = base_channels
         for i, c in enumerate(chs):
-            self.down.append(_ResBlock(ch, c, emb_dim))
-            ch = c
+            for _ in range(num_res_blocks):
+                self.down.append(block(ch, c, sizes[i]))
+                ch = c
+                skip_chs.append(ch)
             if i < len(chs) - 1:
                 self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        self.mid = _ResBlock(ch, ch, emb_dim)
-        self.up = nn.ModuleList()
-        self.upsample = nn.ModuleList()
+                if resample_skips:
+                    skip_chs.append(c)
+        self.mid = _ResBlock(
+            ch, ch, emb_dim, norm_groups, self.dropout, attention=mid_attention
+        )
+        self.mid2 = block(ch, ch, None) if mid_attention else None
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(chs))):
-            self.up.append(_ResBlock(ch + chs[i], chs[i], emb_dim))
-            ch = chs[i]
+            for _ in range(self._up_blocks):
+                self.up.append(block(ch + skip_chs.pop(), chs[i], sizes[i]))
+                ch = chs[i]
             if i > 0:
-                self.upsample.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                                   nn.Conv2d(ch, ch, 3, padding=1)))
-        self.norm_out = nn.GroupNorm(_groups(ch), ch)
+                self.upsample.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"),
+                        nn.Conv2d(ch, ch, 3, padding=1),
+                    )
+                )
+        self.norm_out = nn.GroupNorm(math.gcd(ch, norm_groups), ch)
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
 
+    @property
+    def _up_blocks(self) -> int:
+        return self.num_res_blocks + (1 if self.resample_skips else 0)
+
+    @classmethod
+    def ddpm_cifar10(cls, in_channels: int = 3, dropout: float = 0.1) -> "UNet":
+        """DDPM's CIFAR-10 network (Ho et al. 2020, appendix B): 32x32 images, 128
+        base channels, channel multipliers (1, 2, 2, 2), two residual blocks per level,
+        self-attention at 16x16 and in the middle, dropout 0.1, GroupNorm with 32
+        groups, skips from every stage of the way down.
+
+        35,942,915 parameters for 3 channels; the paper reports 35.7 M. The layers are
+        DDPM's, layer for layer, except the time embedding: its first linear layer here
+        maps 512 sinusoidal features to 512 (DDPM: 128 features to 512), 196,608
+        weights more (``tests/test_nets.py`` counts DDPM's layers to check this).
+        Initialisation is torch's default (DDPM used a fan-average uniform one, and
+        zero for the last layer of each block). ``in_channels=1`` gives the same
+        network for grey images."""
+        return cls(
+            in_channels,
+            base_channels=128,
+            channel_mults=(1, 2, 2, 2),
+            img_size=32,
+            emb_dim=512,
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            dropout=dropout,
+            norm_groups=32,
+            mid_attention=True,
+            resample_skips=True,
+        )
+
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Map images ``x`` (B, C, H, W) and ``t`` (scalar or (B,), in [0, 1]) to the shape of ``x``."""
-        want = (self.in_channels, self.img_size, self.img_size)
-        if not torch.is_tensor(x) or x.dim() != 4 or tuple(x.shape[1:]) != want:
-            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must be a tensor of shape (B, {want[0]}, {want[1]}, {want[2]}); got {shape}")
-        emb = self.time(batch_time(t, x))
-        h = self.conv_in(x)
-        skips = []
-        for i, block in enumerate(self.down):
-            h = block(h, emb)
-            skips.append(h)
+        """Map images ``x`` (B, C, H, W) and ``t`` (scalar or (B,), in [0, 1]) to a
+        tensor of the shape of ``x``."""
+        size = (self.in_channels, self.img_size, self.img_size)
+        h = _input(x, size, self)
+        emb = self.time(_times(t, h.shape[0], h))
+        h = self.conv_in(h)
+        skips = [h] if self.resample_skips else []
+        down = iter(self.down)
+        for i in range(len(self.channel_mults)):
+            for _ in range(self.num_res_blocks):
+                h = next(down)(h, emb)
+                skips.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)
+                if self.resample_skips:
+                    skips.append(h)
         h = self.mid(h, emb)
-        for j, block in enumerate(self.up):
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        if self.mid2 is not None:
+            h = self.mid2(h, emb)
+        up = iter(self.up)
+        for j in range(len(self.channel_mults)):
+            for _ in range(self._up_blocks):
+                h = next(up)(torch.cat([h, skips.pop()], dim=1), emb)
             if j < len(self.upsample):
                 h = self.upsample[j](h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return _output(self.conv_out(F.silu(self.norm_out(h))), x)
 
     def extra_repr(self) -> str:
-        return (f"in_channels={self.in_channels}, channel_mults={self.channel_mults}, "
-                f"img_size={self.img_size}, params={count_params(self):,}")
+        return (
+            f"in_channels={self.in_channels}, channel_mults={self.channel_mults}, "
+            f"img_size={self.img_size}, params={count_params(self):,}"
+        )
+
+
+def _int_tuple(values, name: str, nonempty: bool) -> tuple[int, ...]:
+    """A list or tuple of positive integers, as a tuple."""
+    ok = isinstance(values, (list, tuple)) and (values or not nonempty)
+    if ok and all(
+        not isinstance(v, bool) and isinstance(v, int) and v >= 1 for v in values
+    ):
+        return tuple(values)
+    what = "a non-empty" if nonempty else "a"
+    raise ValueError(
+        f"{name} must be {what} list or tuple of positive integers; got {values!r}"
+    )

@@ -7,6 +7,7 @@ import inspect
 import os
 import random
 import sys
+import textwrap
 import time
 from contextlib import contextmanager
 
@@ -42,13 +43,15 @@ def full_scale() -> bool:
 
 
 def gpu_cell(what: str) -> bool:
-    """Guard for a full-scale cell: returns True if it should run; otherwise prints one line saying
-    what was skipped and how to run it, and returns False."""
+    """Guard for a full-scale cell: returns True if it should run; otherwise prints what was
+    skipped and how to run it (wrapped to the page's 88 columns), and returns False."""
+    if not isinstance(what, str) or not what.strip():
+        raise ValueError(f"what must be a non-empty description; got {what!r}")
     if full_scale():
-        print(f"Full scale on {device()}: {what}")
+        print(textwrap.fill(f"Full scale on {device()}: {what}", 88))
         return True
-    print(f"Skipped (no GPU here): {what}. To run it, open this chapter in Colab with a GPU runtime "
-          f"(or set DLIB_SCALE=full).")
+    print(textwrap.fill(f"Skipped (no GPU here): {what}. To run it, open this chapter in "
+                        "Colab with a GPU runtime (or set DLIB_SCALE=full).", 88))
     return False
 
 

@@ -17,7 +17,7 @@ def oracle():
 def test_pc_without_corrector_is_euler_maruyama(oracle):
     x = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     ts = sampling.time_grid(40, final_zero=True)
-    em = sampling.sample_euler_maruyama(oracle, x, ts, eta=1.0, generator=torch.Generator().manual_seed(1))
+    em = sampling.sample_euler_maruyama(oracle, x, ts, zeta=1.0, generator=torch.Generator().manual_seed(1))
     pc = sampling.sample_predictor_corrector(oracle, x, ts, n_corrector=0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(em, pc)
 

@@ -103,7 +103,7 @@ def test_image_dataset_fails_clearly():
     try:
         import torchvision  # noqa: F401
     except ImportError:
-        with _pytest.raises(RuntimeError, match="needs torchvision"):
+        with _pytest.raises(RuntimeError, match="needs a torchvision"):
             _data.image_dataset("mnist")
 
 

@@ -134,3 +134,200 @@ def test_cpu_generator_drives_other_devices_and_dtypes():
     if torch.cuda.is_available():  # pragma: no cover - only with a GPU
         c, _ = losses.sample_xt(x64.cuda(), 0.5, S.VPLinear(), torch.Generator().manual_seed(0))
         torch.testing.assert_close(c.cpu(), a)
+
+
+# --- the reverse variance (chapter 1): fixed small, fixed large, Analytic-DPM's optimum
+
+
+def _grid(T):
+    return torch.arange(1, T + 1, dtype=F64) / T
+
+
+@pytest.mark.parametrize("choice", ["small", "large", "optimal"])
+def test_gaussian_nelbo_is_the_mean_of_discrete_nelbo(choice, gen):
+    # data N(mu, c I): the Monte-Carlo bound of the exact denoiser averages to the
+    # closed form, term by term, for every reverse variance
+    c, D, mu = 0.3, 2, 0.5
+    g = analytic.Gaussian(torch.full((D,), mu), torch.full((D,), c))
+    sch, ts = S.VPLinear(), _grid(20)
+    exact = losses.gaussian_nelbo(sch, ts, c, D, mean=mu, reverse_var=choice)
+    var = choice
+    if choice == "optimal":  # the same variances, passed to discrete_nelbo as a tensor
+        a, s = sch.alpha(ts[1:]), sch.sigma(ts[1:])
+        var = losses.optimal_reverse_variance(sch, ts, c * s**2 / (a**2 * c + s**2))
+    mc = losses.discrete_nelbo(g.denoiser(sch), g.sample(40_000, gen), ts,
+                               generator=gen, reverse_var=var)
+    for key in ("prior", "diffusion", "decoder", "total"):
+        se = mc[key].std().item() / math.sqrt(len(mc[key])) + 1e-12
+        assert abs(mc[key].mean().item() - exact[key].item()) < 4 * se, key
+    assert exact["steps"].shape == (19,) and (exact["steps"] >= 0).all()
+    torch.testing.assert_close(exact["diffusion"], exact["steps"].sum())
+
+
+def test_gaussian_nelbo_against_sympy():
+    # every term of one step, the prior and the decoder as sympy expectations over
+    # x0 ~ N(mu, c) and eps ~ N(0, 1) (one coordinate), at the schedule's numbers
+    import sympy as sp
+    from sympy import stats
+
+    c, mu = sp.Rational(3, 10), sp.Rational(1, 2)
+    X0, E = stats.Normal("x0", mu, sp.sqrt(c)), stats.Normal("e", 0, 1)
+    sch, ts = S.VPCosine(), torch.tensor([0.05, 0.2, 0.9], dtype=F64)
+    val = lambda x: sp.Float(float(x), 30)  # noqa: E731
+    a = [val(sch.alpha(t)) for t in ts]
+    s = [val(sch.sigma(t)) for t in ts]
+
+    def x0_hat(k):  # the exact denoiser of N(mu, c) at t_k, applied to x_t
+        xt = a[k] * X0 + s[k] * E
+        return mu + a[k] * c / (a[k] ** 2 * c + s[k] ** 2) * (xt - a[k] * mu)
+
+    # decoder: E[-log N(x0; x0_hat, sigma_1^2)]
+    dec = stats.E((X0 - x0_hat(0)) ** 2) / (2 * s[0] ** 2) + sp.log(
+        2 * sp.pi * s[0] ** 2) / 2
+    # prior: E KL(N(alpha_T x0, sigma_T^2) || N(0, 1))
+    prior = stats.E(a[2] ** 2 * X0**2 + s[2] ** 2 - 1 - sp.log(s[2] ** 2)) / 2
+    steps = []
+    for k in (1, 2):  # step (t_{k-1}, t_k): posterior N(a x_t + b x0, post)
+        a_ts = a[k] / a[k - 1]
+        var_ts = s[k] ** 2 - a_ts**2 * s[k - 1] ** 2
+        post = var_ts * s[k - 1] ** 2 / s[k] ** 2
+        b = a[k - 1] * var_ts / s[k] ** 2
+        m2 = stats.E((b * (X0 - x0_hat(k))) ** 2)  # squared error of the step's mean
+        steps.append((post, var_ts, m2))
+    for choice in ("small", "large", "optimal"):
+        ex = losses.gaussian_nelbo(sch, ts, 0.3, 1, mean=0.5, reverse_var=choice)
+        assert float(dec) == pytest.approx(ex["decoder"].item(), rel=1e-10)
+        assert float(prior) == pytest.approx(ex["prior"].item(), rel=1e-10)
+        for k, (post, var_ts, m2) in enumerate(steps):
+            var = {"small": post, "large": var_ts, "optimal": post + m2}[choice]
+            kl = (sp.log(var / post) + (post + m2) / var - 1) / 2
+            assert float(kl) == pytest.approx(ex["steps"][k].item(), rel=1e-9)
+    # the exact NLL is the entropy of N(mu, c)
+    ent = stats.entropy(X0)
+    assert float(ent) == pytest.approx(ex["nll"].item(), rel=1e-12)
+
+
+def test_optimal_reverse_variance_minimises_the_kl_and_is_analytic_dpm():
+    import sympy as sp
+
+    # d/d(var) of E KL = 0 at var = post + b^2 m, a minimum
+    var, post, b, m = sp.symbols("var post b m", positive=True)
+    kl = (sp.log(var / post) + (post + b**2 * m) / var - 1) / 2
+    assert sp.simplify(sp.diff(kl, var).subs(var, post + b**2 * m)) == 0
+    assert sp.simplify(sp.diff(kl, var, 2).subs(var, post + b**2 * m)) > 0
+    # Bao et al. (2022), Thm 1 with lambda^2 = beta tilde, in their symbols (abar_n,
+    # abar_{n-1}; per-step alpha_n = abar_n / abar_{n-1}; Gamma = E||eps_hat||^2 / d):
+    # lambda^2 + (sqrt(bbar_n / alpha_n) - sqrt(bbar_{n-1} - lambda^2))^2 (1 - Gamma)
+    A1, A0, G = sp.symbols("abar_n abar_prev Gamma", positive=True)
+    beta = 1 - A1 / A0
+    lam2 = (1 - A0) / (1 - A1) * beta
+    coef = sp.sqrt((1 - A1) / (A1 / A0)) - sp.sqrt(1 - A0 - lam2)
+    theirs = lam2 + coef**2 * (1 - G)
+    # ours: post + b^2 m with b = sqrt(abar_prev) beta / (1 - abar_n) and the exact
+    # denoiser's m = sigma^2 / alpha^2 (1 - Gamma)
+    ours = lam2 + (sp.sqrt(A0) * beta / (1 - A1)) ** 2 * (1 - A1) / A1 * (1 - G)
+    vals = {A1: sp.Rational(3, 10), A0: sp.Rational(2, 5), G: sp.Rational(1, 7)}
+    assert abs(float((theirs - ours).subs(vals))) < 1e-14
+    vals = {A1: sp.Rational(9, 10), A0: sp.Rational(99, 100), G: sp.Rational(5, 7)}
+    assert abs(float((theirs - ours).subs(vals))) < 1e-14
+    # and the library on DDPM's chain
+    betas = S.ddpm_betas("linear", 100)
+    sch = S.DiscreteVP(betas)
+    ts, gam = _grid(100), torch.linspace(0.1, 0.9, 99, dtype=F64)
+    abar = torch.cumprod(1 - betas, 0)
+    a1, a0, bt = abar[1:], abar[:-1], betas[1:]
+    lam2_ = (1 - a0) / (1 - a1) * bt
+    ref = lam2_ + ((((1 - a1) / (1 - bt)).sqrt() - (1 - a0 - lam2_).sqrt()) ** 2
+                   * (1 - gam))
+    m = (1 - a1) / a1 * (1 - gam)
+    torch.testing.assert_close(losses.optimal_reverse_variance(sch, ts, m), ref,
+                               rtol=1e-9, atol=0)
+
+
+def test_reverse_variance_choices_on_ddpm_grid():
+    # Gaussian data, grid t_i = i/T: fixed-small keeps a floor of (D/2) gamma_E,
+    # fixed-large closes the gap like 1/T, the optimum leaves only the prior and the
+    # decoder mismatch
+    sch, c, D = S.VPLinear(), 0.25, 2
+    gap = {}
+    for choice in ("small", "large", "optimal"):
+        for T in (1000, 10_000, 100_000):
+            r = losses.gaussian_nelbo(sch, _grid(T), c, D, reverse_var=choice)
+            gap[choice, T] = (r["total"] - r["nll"]).item()
+            if choice == "small":  # the diffusion terms = integral + excess
+                ex = losses.gaussian_discretization_excess(sch, _grid(T), c, D)
+                snr = torch.exp(2 * sch.log_snr(_grid(T)))
+                log_rho = torch.log1p(c * snr[:-1]) - torch.log1p(c * snr[1:])
+                torch.testing.assert_close(r["steps"], ex + D / 2 * log_rho)
+            if choice == "optimal":  # NELBO - NLL = KL(q(x_T) || p(x_T)) + decoder KL
+                a, s = sch.alpha(_grid(T)), sch.sigma(_grid(T))
+                vT = a[-1] ** 2 * c + s[-1] ** 2
+                kl_T = D / 2 * (vT - 1 - torch.log(vT))
+                m1 = c * s[0] ** 2 / (a[0] ** 2 * c + s[0] ** 2)
+                kl_dec = D / 2 * (m1 / s[0] ** 2 - 1 - torch.log(m1 / s[0] ** 2))
+                assert gap[choice, T] == pytest.approx((kl_T + kl_dec).item(), abs=1e-9)
+    euler_gamma = 0.5772156649015329
+    assert gap["small", 100_000] == pytest.approx(D / 2 * euler_gamma, abs=0.02)
+    assert gap["large", 10_000] / gap["large", 1000] == pytest.approx(0.1, rel=0.2)
+    assert all(gap["optimal", T] < gap["large", T] < gap["small", T]
+               for T in (1000, 10_000, 100_000))
+    # data N(0, I): the forward chain's own reverse step has variance beta, so
+    # fixed-large is the optimum (DDPM, Sec. 3.2)
+    lg = losses.gaussian_nelbo(sch, _grid(50), 1.0, D, reverse_var="large")
+    op = losses.gaussian_nelbo(sch, _grid(50), 1.0, D, reverse_var="optimal")
+    torch.testing.assert_close(lg["steps"], op["steps"], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: losses.gaussian_nelbo(S.VPLinear(), _grid(5), 0.5, reverse_var="huge"),
+     "unknown reverse_var"),
+    (lambda: losses.gaussian_nelbo(S.VPLinear(), _grid(5), 0.5,
+                                   reverse_var=torch.ones(3)), "4 positive finite"),
+    (lambda: losses.gaussian_nelbo(S.VPLinear(), _grid(5), 0.5,
+                                   reverse_var=-torch.ones(4)), "4 positive finite"),
+    (lambda: losses.gaussian_nelbo(S.VPLinear(), _grid(5), 0.0), "data_var"),
+    (lambda: losses.gaussian_nelbo(S.VPLinear(), _grid(5), 1.0, mean=math.nan), "mean"),
+    (lambda: losses.gaussian_nelbo("vp", _grid(5), 1.0), "Schedule"),
+    (lambda: losses.gaussian_nelbo(S.VPLinear(), torch.tensor([0.0, 0.5]), 1.0),
+     "start after t = 0"),
+    (lambda: losses.optimal_reverse_variance(S.VPLinear(), _grid(5), torch.ones(5)),
+     "hold 4 values"),
+    (lambda: losses.optimal_reverse_variance(S.VPLinear(), _grid(5), -1.0),
+     "non-negative"),
+    (lambda: losses.optimal_reverse_variance(S.VPLinear(), _grid(5), "x"), "x0_mse"),
+    (lambda: losses.discrete_nelbo(analytic.ring().denoiser(S.VPLinear()),
+                                   torch.zeros(4, 2), _grid(5), reverse_var="optimal"),
+     "unknown reverse_var"),
+    (lambda: losses.discrete_nelbo(analytic.ring().denoiser(S.VPLinear()),
+                                   torch.zeros(4, 2), _grid(5), reverse_var=[1.0] * 4),
+     "1-D tensor of variances"),
+])
+def test_reverse_variance_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# --- sample_xt with a given noise; ELBO weights at the end points (lead) ----------------
+def test_sample_xt_takes_a_given_noise_for_couplings():
+    x0 = torch.randn(6, 2, dtype=torch.float64)
+    eps = torch.randn(6, 2, dtype=torch.float64)
+    sch = S.LinearInterpolant()
+    xt, e = losses.sample_xt(x0, 0.25, sch, eps=eps)
+    assert e is eps
+    torch.testing.assert_close(xt, 0.75 * x0 + 0.25 * eps)
+    with pytest.raises(ValueError, match="eps must have the shape of x0"):
+        losses.sample_xt(x0, 0.25, sch, eps=eps[:3])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        losses.sample_xt(x0, 0.25, sch, eps=eps * float("nan"))
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v", "score", "velocity"])
+def test_elbo_weights_are_never_nan_at_the_end_points(kind):
+    for sch in (S.VPLinear(), S.VPCosine(), S.VE(), S.LinearInterpolant(),
+                S.get_schedule("ddpm_linear")):
+        w = losses.elbo_weight(kind, torch.tensor([0.0, 1.0], dtype=torch.float64), sch)
+        assert not torch.isnan(w).any(), (kind, sch, w)
+    # score weight g^2/2 and velocity weight 2/g^2 are finite at t = 0 for VP
+    g2 = S.VPLinear().sde(0.0)[1]
+    assert losses.elbo_weight("score", 0.0, S.VPLinear()) == pytest.approx(float(g2) / 2)
+    assert losses.elbo_weight("velocity", 0.0, S.VPLinear()) == pytest.approx(2 / float(g2))

@@ -68,9 +68,9 @@ def test_denoiser_views_and_nfe(gen):
 
 @pytest.mark.parametrize("call, match", [
     (lambda: param.convert(torch.zeros(2, 2), "eps", "noise", torch.zeros(2, 2), 0.5, S.VPLinear()), "unknown prediction kind 'noise'"),
-    (lambda: param.to_x0_eps(torch.zeros(2, 3), "eps", torch.zeros(2, 2), 0.5, S.VPLinear()), "prediction shape"),
+    (lambda: param.to_x0_eps(torch.zeros(2, 3), "eps", torch.zeros(2, 2), 0.5, S.VPLinear()), "pred must have the shape of x"),
     (lambda: param.to_x0_eps(torch.zeros(2, 2), "eps", torch.zeros(2, 2), torch.ones(3) / 2, S.VPLinear()), r"shape \(2,\)"),
-    (lambda: param.target("eps", torch.zeros(2, 2), torch.zeros(2, 3), 0.5, S.VPLinear()), "same shape"),
+    (lambda: param.target("eps", torch.zeros(2, 2), torch.zeros(2, 3), 0.5, S.VPLinear()), "eps must have the shape of x0"),
     (lambda: param.Denoiser(lambda x, t: x, "vp", "eps"), "must be a dlib.schedules.Schedule"),
     (lambda: param.Denoiser(3, S.VPLinear(), "eps"), "callable"),
     (lambda: param.Denoiser(lambda x, t: x, S.VPLinear(), "epsilon"), "unknown prediction kind"),
@@ -103,3 +103,52 @@ def test_linear_path_velocity_is_finite_at_the_ends():
     oracle = analytic.ring().denoiser(lin)
     assert torch.isfinite(param.target("velocity", torch.ones(2, 2, dtype=F64), torch.ones(2, 2, dtype=F64), t, lin)).all()
     assert torch.isfinite(oracle.velocity(torch.zeros(2, 2, dtype=F64), 0.999)).all()
+
+
+# --- singular conversions at the end points: a clear error, never NaN ------------------
+def test_velocity_of_a_vp_schedule_at_t0_is_a_clear_error():
+    x = torch.randn(4, 2, dtype=torch.float64)
+    oracle = analytic.Gaussian(torch.zeros(2), 1.0).denoiser(S.VPLinear())
+    with pytest.raises(ValueError, match="infinite"):
+        oracle.velocity(x, 0.0)
+    with pytest.raises(ValueError, match="infinite"):
+        param.target("velocity", x, x, 0.0, S.VPLinear())
+    # at t > 0 it is finite, and on the linear path it is finite at t = 0 as well
+    assert torch.isfinite(oracle.velocity(x, 1e-6)).all()
+    lin = analytic.Gaussian(torch.zeros(2), 1.0).denoiser(S.LinearInterpolant())
+    assert torch.isfinite(lin.velocity(x, 0.0)).all()
+    assert torch.isfinite(param.target("velocity", x, x, 0.0, S.LinearInterpolant())).all()
+
+
+def test_singular_conversions_say_why():
+    x = torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="sigma_t = 0"):
+        param.convert(x, "x0", "eps", x, 0.0, S.VPLinear())
+    with pytest.raises(ValueError, match="alpha_t = 0"):
+        param.convert(x, "eps", "x0", x, 1.0, S.LinearInterpolant())
+    with pytest.raises(ValueError, match="some of the times"):
+        param.convert(x, "x0", "score", x, torch.tensor([0.0, 0.5, 0.5]), S.VPLinear())
+    # the same conversions away from the end points are finite
+    assert torch.isfinite(param.convert(x, "x0", "eps", x, 1e-4, S.VPLinear())).all()
+
+
+def test_times_are_float_whatever_the_data():
+    from dlib._checks import batch_time
+
+    tokens = torch.tensor([[1, 2], [3, 4]])
+    t = batch_time(0.7, tokens)
+    assert t.is_floating_point() and torch.allclose(t, torch.full((2,), 0.7))
+    t = batch_time(torch.tensor([0, 1]), tokens)  # integer times become float times
+    assert t.dtype == torch.get_default_dtype() and t.tolist() == [0.0, 1.0]
+
+
+def test_denoiser_accepts_a_float_time_and_a_tensor_of_times_alike():
+    x = torch.randn(5, 2, dtype=torch.float64)
+    oracle = analytic.Gaussian(torch.ones(2), 0.5).denoiser(S.VPCosine())
+    torch.testing.assert_close(oracle.eps(x, 0.3), oracle.eps(x, torch.full((5,), 0.3)))
+    net = param.Denoiser(lambda y, t: oracle.eps(y, t), S.VPCosine(), "eps")
+    torch.testing.assert_close(net.velocity(x, 0.3), oracle.velocity(x, 0.3))
+    with pytest.raises(ValueError, match="must return a tensor of x's shape"):
+        param.Denoiser(lambda y, t: y[:, :1], S.VPCosine()).eps(x, 0.3)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        oracle.eps(torch.full((2, 2), float("nan")), 0.3)

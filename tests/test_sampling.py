@@ -82,13 +82,13 @@ def test_euler_maruyama_family(setup):
     sch, g, _ = setup
     x = torch.randn(20000, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     ts = sampling.time_grid(500, final_zero=True)
-    for eta in (1.0, 0.5):
-        out = sampling.sample_euler_maruyama(g.denoiser(sch), x, ts, eta=eta, generator=torch.Generator().manual_seed(3))
+    for zeta in (1.0, 0.5):
+        out = sampling.sample_euler_maruyama(g.denoiser(sch), x, ts, zeta=zeta, generator=torch.Generator().manual_seed(3))
         torch.testing.assert_close(out.mean(0), MU, atol=0.05, rtol=0)
         torch.testing.assert_close(out.var(0), VAR, atol=0, rtol=0.06)
     # eta = 0 is Euler on the PF-ODE
     ts = sampling.time_grid(30, 1.0, 0.05)
-    torch.testing.assert_close(sampling.sample_euler_maruyama(g.denoiser(sch), x[:50], ts, eta=0.0),
+    torch.testing.assert_close(sampling.sample_euler_maruyama(g.denoiser(sch), x[:50], ts, zeta=0.0),
                                sampling.sample_euler(g.denoiser(sch), x[:50], ts))
 
 
@@ -130,13 +130,13 @@ def test_callbacks_nfe_and_final_denoise(setup):
     (lambda d, x: sampling.sample_euler(d, x, torch.tensor([1.5, 0.5])), "must lie in"),
     (lambda d, x: sampling.sample_euler(lambda y, t: y, x, torch.tensor([1.0, 0.5])), "must be a dlib.param.Denoiser"),
     (lambda d, x: sampling.sample_euler(d, x[0], torch.tensor([1.0, 0.5])), r"shape \(B, ...\)"),
-    (lambda d, x: sampling.sample_ancestral(d, x, torch.tensor([1.0, 0.5]), eta=2.0), r"eta must lie in \[0, 1\]"),
-    (lambda d, x: sampling.sample_euler_maruyama(d, x, torch.tensor([1.0, 0.5]), eta=-1.0), "eta must be >= 0"),
+    (lambda d, x: sampling.sample_ancestral(d, x, torch.tensor([1.0, 0.5]), eta=2.0), r"eta must be a number in \[0.0, 1.0\]"),
+    (lambda d, x: sampling.sample_euler_maruyama(d, x, torch.tensor([1.0, 0.5]), zeta=-1.0), "zeta must be a number in"),
     (lambda d, x: sampling.sample_ode(d, x, torch.tensor([1.0, 0.5]), method="euler"), "unknown method"),
     (lambda d, x: sampling.sample_langevin(lambda y: y, x, -0.1, 10), "step_size must be a positive"),
-    (lambda d, x: sampling.sample_langevin(lambda y: y, x, 0.1, 0), "n_steps must be a positive integer"),
+    (lambda d, x: sampling.sample_langevin(lambda y: y, x, 0.1, 0), "n_steps must be an integer >= 1"),
     (lambda d, x: sampling.sample_annealed_langevin(d, x, torch.tensor([0.5, 0.0])), "positive times"),
-    (lambda d, x: sampling.time_grid(0), "n_steps must be a positive integer"),
+    (lambda d, x: sampling.time_grid(0), "n_steps must be an integer >= 1"),
     (lambda d, x: sampling.time_grid(5, 0.1, 0.5), "t_min < t_max"),
     (lambda d, x: sampling.time_grid(5, spacing="log_snr"), "needs a schedule"),
     (lambda d, x: sampling.time_grid(5, spacing="cubic"), "unknown spacing"),
@@ -145,3 +145,212 @@ def test_bad_inputs(setup, call, match):
     sch, g, x1 = setup
     with pytest.raises(ValueError, match=match):
         call(g.denoiser(sch), x1[:4])
+
+
+# --- time grids: every spacing, every schedule ------------------------------------------
+GRID_SCHEDULES = [S.VPLinear(), S.VPCosine(), S.VE(), S.LinearInterpolant(),
+                  S.get_schedule("ddpm_linear"), S.get_schedule("ddpm_cosine", T=100)]
+
+
+@pytest.mark.parametrize("sch", GRID_SCHEDULES, ids=lambda s: repr(s))
+@pytest.mark.parametrize("spacing", sampling.SPACINGS)
+def test_every_spacing_gives_a_strictly_decreasing_grid_without_near_duplicates(sch,
+                                                                                spacing):
+    for t_max, t_min in [(1.0, 1e-3), (0.8, 0.05)]:
+        for n in (1, 2, 3, 10, 50, 200):
+            ts = sampling.time_grid(n, t_max, t_min, spacing=spacing, schedule=sch)
+            assert ts.shape == (n + 1,) and ts[0] == t_max and ts[-1] == t_min
+            steps = ts[:-1] - ts[1:]
+            assert torch.isfinite(ts).all() and (steps > 0).all()
+            # no wasted steps: none shorter than 1/1000 of the mean step (the cosine
+            # schedule's log-SNR grid had six steps of length 0 before lambda was clipped)
+            assert steps.min() > 1e-3 * (t_max - t_min) / n, (n, ts)
+
+
+def test_log_snr_grid_of_the_cosine_schedule_is_clipped_and_uniform_in_lambda():
+    sch = S.VPCosine()
+    ts = sampling.time_grid(10, 1.0, 1e-3, spacing="log_snr", schedule=sch)
+    lam = sch.log_snr(ts)
+    assert lam[1] > -5.1  # the first interior time is inside the clipped range
+    d = lam[1:].diff()  # uniform in lambda after the first (clipped) step
+    torch.testing.assert_close(d, d[0].expand_as(d), rtol=1e-9, atol=1e-9)
+    assert len(set(ts.tolist())) == 11
+
+
+def test_karras_grid_is_uniform_in_sigma_to_the_one_over_rho():
+    sch = S.VE(0.01, 50.0)  # alpha = 1, so sigma/alpha = sigma
+    ts = sampling.time_grid(12, spacing="karras", schedule=sch, rho=7.0)
+    r = sch.sigma(ts) ** (1 / 7)
+    torch.testing.assert_close(r.diff(), r.diff()[0].expand(12), rtol=1e-9, atol=1e-12)
+    # rho = 1 is uniform in sigma; larger rho puts more steps at small noise
+    lin = sampling.time_grid(12, spacing="karras", schedule=sch, rho=1.0)
+    s1 = sch.sigma(lin)
+    torch.testing.assert_close(s1.diff(), s1.diff()[0].expand(12), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: sampling.time_grid(5, 1.0, 0.0, spacing="log_snr",
+                                schedule=S.VPLinear()), "finite log-SNR at t_min"),
+    (lambda: sampling.time_grid(5, spacing="karras", schedule=S.VPLinear(), rho=0),
+     "rho must be"),
+    (lambda: sampling.time_grid(5, spacing="log_snr", schedule=S.VPLinear(),
+                                lambda_min=9.0), "lambda_min"),
+    (lambda: sampling.time_grid(5, spacing="log_snr", schedule="vp"), "Schedule"),
+    (lambda: sampling.time_grid(5, float("nan")), "t_max"),
+    (lambda: sampling.time_grid(True), "n_steps"),
+])
+def test_time_grid_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# --- callbacks, progress bars, the hot path --------------------------------------------
+ALL_GRID_SAMPLERS = {
+    "ancestral": lambda d, x, ts, **k: sampling.sample_ancestral(d, x, ts, **k),
+    "ddim": lambda d, x, ts, **k: sampling.sample_ancestral(d, x, ts, eta=0.0, **k),
+    "euler_maruyama": lambda d, x, ts, **k: sampling.sample_euler_maruyama(d, x, ts, **k),
+    "euler": lambda d, x, ts, **k: sampling.sample_euler(d, x, ts, **k),
+    "heun": lambda d, x, ts, **k: sampling.sample_heun(d, x, ts, **k),
+    "predictor_corrector":
+        lambda d, x, ts, **k: sampling.sample_predictor_corrector(d, x, ts, **k),
+    "ode": lambda d, x, ts, **k: sampling.sample_ode(d, x, ts, **k),
+}
+
+
+@pytest.mark.parametrize("name", ALL_GRID_SAMPLERS)
+def test_callback_always_receives_x0_at_the_start_of_the_step(setup, name):
+    sch, g, x1 = setup
+    oracle = g.denoiser(sch)
+    x = x1[:16]
+    ts = sampling.time_grid(4, final_zero=True)
+    seen = []
+    gen = torch.Generator().manual_seed(0)
+    out = ALL_GRID_SAMPLERS[name](oracle, x, ts, callback=seen.append, generator=gen)
+    assert [d["i"] for d in seen] == list(range(5))
+    prev = x
+    for d in seen:
+        assert set(d) == {"i", "t", "t_next", "x", "x0"}
+        torch.testing.assert_close(d["x0"], oracle.x0(prev, d["t"]))
+        prev = d["x"]
+    torch.testing.assert_close(seen[-1]["x"], out)
+
+
+def test_progress_bar_on_long_runs_only(setup, capsys):
+    sch, g, x1 = setup
+    oracle = g.denoiser(sch)
+    short, long = sampling.time_grid(10), sampling.time_grid(sampling.PROGRESS_MIN_STEPS)
+    sampling.sample_euler(oracle, x1[:4], short)
+    assert "Euler" not in capsys.readouterr().err
+    sampling.sample_euler(oracle, x1[:4], long)
+    assert "Euler" in capsys.readouterr().err
+    sampling.sample_euler(oracle, x1[:4], long, progress=False)
+    assert "Euler" not in capsys.readouterr().err
+    sampling.sample_euler(oracle, x1[:4], short, progress=True)
+    assert "Euler" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="progress"):
+        sampling.sample_euler(oracle, x1[:4], short, progress="yes")
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+
+    def forward(self, x, t):
+        return self.lin(torch.cat([x, t[:, None]], 1))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_GRID_SAMPLERS if n != "ode"])
+def test_sampler_steps_never_read_a_tensor_back_to_the_host(name, monkeypatch):
+    """The work per step is tensor arithmetic only: validation happens once, on entry. On a
+    GPU a read-back of a value computed from the data (item, bool, float, tolist) makes
+    the host wait for the device, so count them: the number must not grow with the number
+    of steps. The data are float32 here; the schedule's own float64 scalars (computed on
+    the CPU from the time grid, never from the data) are not counted."""
+    from dlib import param
+
+    den = param.Denoiser(_Net(), S.VPLinear(), "eps")
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    counts = []
+    for n in (5, 20):
+        ts = sampling.time_grid(n)
+        calls = {"n": 0}
+        real = {k: getattr(torch.Tensor, k)
+                for k in ("item", "__bool__", "__float__", "tolist")}
+
+        def counting(k):
+            def f(self, *a, **kw):
+                calls["n"] += self.dtype != torch.float64
+                return real[k](self, *a, **kw)
+            return f
+
+        for k in real:
+            monkeypatch.setattr(torch.Tensor, k, counting(k))
+        ALL_GRID_SAMPLERS[name](den, x, ts, generator=torch.Generator().manual_seed(1))
+        monkeypatch.undo()
+        counts.append(calls["n"])
+    assert counts[0] == counts[1], counts
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", [n for n in ALL_GRID_SAMPLERS if n != "ode"])
+def test_no_cuda_synchronisation_inside_a_step(name):  # pragma: no cover - GPU only
+    from dlib import param
+
+    den = param.Denoiser(_Net().cuda(), S.VPLinear(), "eps")
+    x = torch.randn(8, 2, device="cuda")
+    fn = ALL_GRID_SAMPLERS[name]
+    fn(den, x, sampling.time_grid(3))  # warm-up; validation on entry may synchronise
+
+    def run():
+        return fn(den, x, sampling.time_grid(3), generator=None)
+
+    seen = []
+    orig = den._x0_eps
+
+    def watched(x, t):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return orig(x, t)
+        finally:
+            seen.append(t)
+
+    den._x0_eps = watched
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert seen
+
+
+# --- the reference solver ---------------------------------------------------------------
+def test_reference_ode_converges_with_rtol_on_a_discrete_schedule():
+    """DiscreteVP's d alpha/dt jumps at every grid point; in lambda the exact flow is
+    smooth, so the adaptive solver's error must shrink with its tolerance (the closed-form
+    flow of Gaussian data is the reference). In t it stalls near first order."""
+    sch = S.get_schedule("ddpm_linear")
+    oracle = analytic.Gaussian(MU, VAR).denoiser(sch)
+    x = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    ts = torch.tensor([1.0, 0.5, 0.05], dtype=F64)
+    exact = gaussian_flow(x, 1.0, 0.05, sch)
+    errs = []
+    for rtol in (1e-5, 1e-7, 1e-9):
+        out = sampling.sample_ode(oracle, x, ts, rtol=rtol, atol=rtol)
+        errs.append((out - exact).abs().max().item())
+        assert errs[-1] < 50 * rtol, (rtol, errs)
+    assert errs[0] > errs[1] > errs[2]
+    linear = analytic.Gaussian(MU, VAR).denoiser(S.LinearInterpolant())
+    with pytest.raises(ValueError, match="finite log-SNR"):  # lambda(1) = -inf there
+        sampling.sample_ode(linear, x, ts, variable="log_snr")
+
+
+def test_reference_ode_in_t_and_in_lambda_agree_on_a_smooth_schedule(setup):
+    sch, g, x1 = setup
+    ts = torch.tensor([1.0, 0.3, 1e-3], dtype=F64)
+    a = sampling.sample_ode(g.denoiser(sch), x1[:50], ts, variable="t", rtol=1e-10,
+                            atol=1e-10)
+    b = sampling.sample_ode(g.denoiser(sch), x1[:50], ts, variable="log_snr", rtol=1e-10,
+                            atol=1e-10)
+    torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(b, gaussian_flow(x1[:50], 1.0, 1e-3, sch), rtol=1e-7,
+                               atol=1e-7)

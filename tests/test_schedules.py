@@ -161,11 +161,11 @@ def test_repr_and_factory():
     (lambda: S.VPLinear(beta_min=-1), "beta_min must be a positive"),
     (lambda: S.VPLinear(beta_min=5, beta_max=1), "beta_max must be >= beta_min"),
     (lambda: S.VE(sigma_min=2, sigma_max=1), "sigma_max must exceed"),
-    (lambda: S.VE(sigma_min="a"), "sigma_min must be a positive number"),
+    (lambda: S.VE(sigma_min="a"), "sigma_min must be a positive finite number"),
     (lambda: S.get_schedule("nope"), "unknown schedule 'nope'"),
     (lambda: S.ddpm_betas("quadratic"), "unknown beta schedule"),
-    (lambda: S.ddpm_betas("linear", 0), "T must be a positive integer"),
-    (lambda: S.ddpm_betas("linear", 10, beta_end=1.5), "betas must be < 1"),
+    (lambda: S.ddpm_betas("linear", 0), "T must be an integer >= 1"),
+    (lambda: S.ddpm_betas("linear", 10, beta_end=1.5), "beta_end must be a number in"),
     (lambda: S.DiscreteVP(torch.tensor([0.1, 1.2])), "strictly between 0 and 1"),
     (lambda: S.DiscreteVP(torch.zeros(2, 2)), "1-D tensor"),
     (lambda: S.VPLinear().t_from_log_snr(torch.tensor([-100.0])), "log-SNR must lie in"),
@@ -173,5 +173,79 @@ def test_repr_and_factory():
     (lambda: S.VPLinear().transition(0.6, 0.3), "s <= t"),
 ])
 def test_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# --- the end points t = 0 and t = 1: values, never NaN ---------------------------------
+ENDS = torch.tensor([0.0, 1.0], dtype=F64)
+
+
+@pytest.mark.parametrize("sch", ALL, ids=IDS)
+def test_no_nan_at_the_end_points(sch):
+    for fn in (sch.alpha, sch.sigma, sch.log_snr, sch.d_alpha, sch.d_sigma, sch.d_log_snr):
+        assert not torch.isnan(fn(ENDS)).any(), fn.__name__
+    for v in (*sch.sde(ENDS), *sch.transition(ENDS, ENDS), *sch.posterior(ENDS, ENDS),
+              *sch.posterior(torch.zeros(2, dtype=F64), ENDS)):
+        assert not torch.isnan(v).any()
+    c = sch.coefficients(0.0)
+    assert not any(math.isnan(v) for v in c)
+
+
+@pytest.mark.parametrize("sch", [s for s in ALL if s.variance_preserving],
+                         ids=[i for s, i in zip(ALL, IDS) if s.variance_preserving])
+def test_vp_d_sigma_is_infinite_at_zero_and_g2_finite(sch):
+    # sigma_t ~ sqrt(beta(0) t) near 0, so d sigma/dt -> +inf, while g^2 = beta(0) is finite
+    # (the cosine schedule's sigma_0 is round-off above 0, so its value there is only large)
+    assert sch.d_sigma(0.0) == math.inf or sch.name == "vp_cosine"
+    assert sch.d_sigma(0.0) > 50
+    f, g2 = sch.sde(0.0)
+    assert math.isfinite(float(g2)) and float(g2) > 0
+
+
+def test_linear_path_sde_at_the_ends():
+    f, g2 = S.LinearInterpolant().sde(ENDS)
+    # g^2 = 2 t / (1 - t): 0 at t = 0 and +inf at t = 1 (alpha_1 = 0: the SDE is singular)
+    assert g2[0] == 0 and g2[1] == math.inf and f[1] == -math.inf
+    t = grid()
+    torch.testing.assert_close(S.LinearInterpolant().sde(t)[1], 2 * t / (1 - t))
+
+
+@pytest.mark.parametrize("sch", ALL, ids=IDS)
+def test_posterior_and_transition_are_the_identity_when_s_equals_t(sch):
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=F64)
+    a, b, var = sch.posterior(t, t)
+    assert (a == 1).all() and (b == 0).all() and (var == 0).all()
+    a_ts, var_ts = sch.transition(t, t)
+    assert (a_ts == 1).all() and (var_ts == 0).all()
+
+
+def test_coefficients_in_one_call_agree_with_the_separate_methods():
+    for sch in ALL:
+        t = grid() + 0.3 / 1000
+        c = sch.coefficients(t)
+        for got, want in zip(c, (sch.alpha(t), sch.sigma(t), sch.d_alpha(t),
+                                 sch.d_sigma(t))):
+            torch.testing.assert_close(got, want)
+        one = sch.coefficients(0.4567)
+        assert all(isinstance(v, float) for v in one)
+        t64 = torch.tensor(0.4567, dtype=F64)
+        assert one.alpha == pytest.approx(float(sch.alpha(t64)), rel=1e-12)
+        assert one.d_sigma == pytest.approx(float(sch.d_sigma(t64)), rel=1e-12)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: S.VPLinear().posterior(torch.zeros(3), torch.ones(2)), "broadcastable"),
+    (lambda: S.VPLinear().coefficients(1.5), "must be a number in"),
+    (lambda: S.VPLinear().alpha("a"), "must be a number or a tensor"),
+    (lambda: S.VPLinear().alpha(None), "must be a number or a tensor"),
+    (lambda: S.VPLinear().t_from_log_snr("a"), "log-SNR values"),
+    (lambda: S.ddpm_betas("cosine", 10, s=float("nan")), "s must be a positive"),
+    (lambda: S.ddpm_betas("cosine", 10, max_beta=2.0), "max_beta"),
+    (lambda: S.ddpm_betas("cosine", 10, max_beta=0.0), "max_beta"),
+    (lambda: S.DiscreteVP(torch.tensor([0.1, float("nan")])), "between 0 and 1"),
+    (lambda: S.get_schedule("vp_linear", beta=3), "bad options"),
+])
+def test_more_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
