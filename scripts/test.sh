@@ -20,4 +20,7 @@ echo "== 3/3 strict book build =="
 rm -rf _build/html _build/.doctrees
 jupyter-book build . -W -n --keep-going
 
+echo "== rendered HTML (no raw TeX, \$ or MyST roles in text; every \$\$ block is display math) =="
+python scripts/check_html.py
+
 echo "All tests passed in $((SECONDS - start)) s."
