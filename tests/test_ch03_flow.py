@@ -1,4 +1,5 @@
-"""Tests for the flow-view additions to dlib.metrics (chapter 3): straightness of PF-ODE paths."""
+"""Tests for the flow-view additions to dlib.metrics (chapter 3): straightness of PF-ODE
+paths, and the one-probe Hutchinson error of the PF-ODE likelihood in 2-D."""
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def test_constant_field_is_straight(gen):
 
 
 def test_point_mass_rectified_flow_is_straight(gen):
-    # data = a point m: the rectified-flow velocity (x - m)/t moves every point on a straight line
+    # data = a point m: the rectified-flow velocity (x - m)/t moves points on lines
     m = torch.tensor([0.7, -0.3], dtype=F64)
     den = _velocity(lambda x, t: (x - m) / t[:, None])
     x = torch.randn(40, 2, generator=gen, dtype=F64)
@@ -43,13 +44,18 @@ def test_known_curved_field():
 def test_rectified_flow_of_a_mixture_is_curved_and_converges(gen):
     gmm = analytic.ring(4, 2.0, 0.2)
     rf = S.LinearInterpolant()
-    den = param.Denoiser(lambda x, t: (lambda x0, e: e - x0)(*gmm.x0_eps(x, t, rf)), rf, "velocity")
+    def fn(x, t):
+        x0, eps = gmm.x0_eps(x, t, rf)
+        return eps - x0
+
+    den = param.Denoiser(fn, rf, "velocity")
     z = torch.randn(200, 2, generator=gen, dtype=F64)
     s1 = metrics.straightness(den, z, sampling.time_grid(200, 0.999, 1e-3))
     s2 = metrics.straightness(den, z, sampling.time_grid(400, 0.999, 1e-3))
     assert s1 > 0.05  # the marginal field of crossing straight paths is curved
     assert s1 == pytest.approx(s2, rel=1e-3)
-    # the relative value is scale-free: the field of the process scaled by c has paths scaled by c
+    # the relative value is scale-free: the field of the process scaled by c has paths
+    # scaled by c
     c = 3.0
     den_c = param.Denoiser(lambda x, t: c * den.fn(x / c, t), rf, "velocity")
     ts = sampling.time_grid(200, 0.999, 1e-3)
@@ -69,3 +75,25 @@ def test_straightness_input_checks(gen):
         metrics.straightness(lambda x, t: x, x, sampling.time_grid(4))
     with pytest.raises(ValueError, match="batch"):
         metrics.straightness(den, torch.zeros(3), sampling.time_grid(4))
+
+
+def test_hutchinson_error_in_2d_is_the_offdiagonal_term(gen):
+    # v = M x has the Jacobian M everywhere: one Rademacher probe z kept along the path
+    # gives z^T M z per unit time, whose error against tr M is z1 z2 (M12 + M21) exactly
+    # (chapter 3)
+    M = torch.tensor([[0.3, 1.1], [-0.4, -0.2]], dtype=F64)
+    den = _velocity(lambda x, t: x @ M.T)
+    x = torch.randn(64, 2, generator=gen, dtype=F64)
+    kw = dict(t_min=0.1, t_max=0.9, rtol=1e-10, atol=1e-10,
+              prior_log_prob=lambda xT: torch.zeros(len(xT), dtype=F64))
+    exact = metrics.pf_ode_log_likelihood(den, x, divergence="exact", **kw)
+    probe_gen = torch.Generator().manual_seed(3)
+    hutch = metrics.pf_ode_log_likelihood(den, x, divergence="hutchinson", n_probes=1,
+                                          generator=probe_gen, **kw)
+    dt = 0.8
+    tr = M.trace().item() * dt
+    assert torch.allclose(exact, torch.full_like(exact, tr), atol=1e-8)
+    err = hutch - exact
+    off = abs(M[0, 1] + M[1, 0]).item() * dt
+    assert torch.allclose(err.abs(), torch.full_like(err, off), atol=1e-8)
+    assert (err > 0).any() and (err < 0).any()   # the sign is the probe's z1 z2
