@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""The samplers' overhead over the bare network, measured: writes benchmarks/overhead.md.
+"""The samplers' overhead over the bare network, measured: writes
+benchmarks/overhead.md.
 
-A sampler's cost is its network calls plus everything around them (time grid, coefficient
-lookups, conversions between parameterisations, the update). This script times 50 steps of
-each sampler on ``MLP(2, hidden=128, depth=3)`` with a batch of 512 (one CPU thread) and
-divides by the time of the same number of bare network calls. When ``diffusers`` is
-installed (``pip install diffusers``; not a dependency of the book), its Euler, DDIM and
-DPM-Solver++ schedulers run on the same network for comparison.
+A sampler's cost is its network calls plus everything around them (time grid,
+coefficient lookups, conversions between parameterisations, the update). This script
+times 50 steps of each sampler on ``MLP(2, hidden=128, depth=3)`` with a batch of 512
+(one CPU thread) and divides by the time of the same number of bare network calls. When
+``diffusers`` is installed (``pip install diffusers``; not a dependency of the book),
+its Euler, DDIM and DPM-Solver++ schedulers run on the same network for comparison.
 
     python benchmarks/overhead.py [--repeats 30]
 
@@ -33,7 +34,7 @@ STEPS, BATCH = 50, 512
 
 
 def timeit(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` runs (after 3 warm-up runs)."""
+    """Median wall time of ``fn()`` in ms over ``repeats`` runs (after 3 warm-ups)."""
     for _ in range(3):
         fn()
     times = []
@@ -50,14 +51,22 @@ def dlib_cases(net, x):
     grid = sampling.time_grid(STEPS)
     return {
         "dlib sample_euler": (STEPS, lambda: sampling.sample_euler(den, x, grid)),
-        "dlib sample_ancestral, eta=0 (DDIM)":
-            (STEPS, lambda: sampling.sample_ancestral(den, x, grid, eta=0.0)),
-        "dlib sample_ancestral, eta=1 (DDPM)":
-            (STEPS, lambda: sampling.sample_ancestral(den, x, grid, eta=1.0)),
-        "dlib sample_euler_maruyama":
-            (STEPS, lambda: sampling.sample_euler_maruyama(den, x, grid)),
-        "dlib sample_heun (2 calls per step)":
-            (2 * STEPS, lambda: sampling.sample_heun(den, x, grid)),
+        "dlib sample_ancestral, eta=0 (DDIM)": (
+            STEPS,
+            lambda: sampling.sample_ancestral(den, x, grid, eta=0.0),
+        ),
+        "dlib sample_ancestral, eta=1 (DDPM)": (
+            STEPS,
+            lambda: sampling.sample_ancestral(den, x, grid, eta=1.0),
+        ),
+        "dlib sample_euler_maruyama": (
+            STEPS,
+            lambda: sampling.sample_euler_maruyama(den, x, grid),
+        ),
+        "dlib sample_heun (2 calls per step)": (
+            2 * STEPS,
+            lambda: sampling.sample_heun(den, x, grid),
+        ),
     }
 
 
@@ -67,8 +76,11 @@ def diffusers_cases(net, x):
     except ImportError:
         return {}, None
     out = {}
-    kinds = {"Euler": diffusers.EulerDiscreteScheduler, "DDIM": diffusers.DDIMScheduler,
-             "DPM-Solver++(2M)": diffusers.DPMSolverMultistepScheduler}
+    kinds = {
+        "Euler": diffusers.EulerDiscreteScheduler,
+        "DDIM": diffusers.DDIMScheduler,
+        "DPM-Solver++(2M)": diffusers.DPMSolverMultistepScheduler,
+    }
     for name, cls in kinds.items():
         sched = cls(num_train_timesteps=1000)
 
@@ -99,6 +111,7 @@ def main():
         def run():
             for _ in range(n):
                 net(x, tb)
+
         return run
 
     rows = []
@@ -110,8 +123,10 @@ def main():
         for name, (calls, fn) in cases.items():
             ms = timeit(fn, args.repeats)
             rows.append((name, calls, ms, base[calls], ms / base[calls]))
-            print(f"{name:40s} {ms:8.2f} ms  bare {base[calls]:7.2f} ms  "
-                  f"x{ms / base[calls]:.2f}")
+            print(
+                f"{name:40s} {ms:8.2f} ms  bare {base[calls]:7.2f} ms  "
+                f"x{ms / base[calls]:.2f}"
+            )
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -123,9 +138,11 @@ def main():
     lines = [
         "# Sampler overhead over the bare network",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} by `python benchmarks/overhead.py` on {cpu}, "
+        f"Measured {time.strftime('%Y-%m-%d')} by `python benchmarks/overhead.py` "
+        f"on {cpu}, "
         f"Python {platform.python_version()}, torch {torch.__version__}, one thread"
-        + (f", diffusers {dver}" if dver else " (diffusers not installed)") + ".",
+        + (f", diffusers {dver}" if dver else " (diffusers not installed)")
+        + ".",
         f"{STEPS} steps, `MLP(2, hidden=128, depth=3)`, batch {BATCH}; median of "
         f"{args.repeats} runs. Ratio = sampler time / time of the same number of bare "
         "network calls. Target: at most 1.15x for Euler.",
@@ -133,7 +150,9 @@ def main():
         "| sampler | network calls | time (ms) | bare calls (ms) | ratio |",
         "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {n} | {c} | {ms:.2f} | {b:.2f} | {r:.2f}x |" for n, c, ms, b, r in rows]
+    lines += [
+        f"| {n} | {c} | {ms:.2f} | {b:.2f} | {r:.2f}x |" for n, c, ms, b, r in rows
+    ]
     (ROOT / "benchmarks" / "overhead.md").write_text("\n".join(lines) + "\n")
     print("-> benchmarks/overhead.md")
 

@@ -1,14 +1,25 @@
 """dlib: the small, tested library behind the executable textbook on diffusion models.
 
-Not to be confused with PyPI's ``dlib`` (a C++ toolkit): this package is distributed as
-``diffbook-dlib`` and carries the marker attribute ``__book__`` so that notebooks can check
-which ``dlib`` they imported.
+Not to be confused with PyPI's ``dlib`` (a C++ toolkit): this package is distributed
+as ``diffbook-dlib`` and carries the marker attribute ``__book__`` so that notebooks can
+check which ``dlib`` they imported.
 """
 
 __version__ = "0.1.0"
-__book__ = "diffusion-book"  # marker: notebooks assert this to be sure they imported this project
+# marker: notebooks assert this to be sure they imported this project
+__book__ = "diffusion-book"
 
 from . import (  # noqa: E402,F401
-    analytic, data, fullscale, losses, metrics, nets, param, plot, runtime, sampling,
-    schedules, train,
+    analytic,
+    data,
+    fullscale,
+    losses,
+    metrics,
+    nets,
+    param,
+    plot,
+    runtime,
+    sampling,
+    schedules,
+    train,
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Iterable
 
 import torch
@@ -66,15 +67,51 @@ def in_range(
     return v
 
 
-def positive_int(value, name: str, minimum: int = 1) -> int:
-    """An integer >= ``minimum`` (bool is not an integer here)."""
+def positive_int(
+    value, name: str, minimum: int = 1, maximum: int | None = None
+) -> int:
+    """An integer >= ``minimum`` (and <= ``maximum`` if given; bool is not an integer
+    here)."""
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Integral)
         or value < minimum
+        or (maximum is not None and value > maximum)
     ):
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        upto = "" if maximum is None else f" and <= {maximum}"
+        raise ValueError(
+            f"{name} must be an integer >= {minimum}{upto}; got {value!r}"
+        )
     return int(value)
+
+
+SEED_MAX = 2**32 - 1  # what torch, NumPy and scikit-learn all accept
+
+
+def seed(value, name: str = "seed") -> int:
+    """A random seed: an integer in [0, 2**32 - 1]."""
+    return positive_int(value, name, minimum=0, maximum=SEED_MAX)
+
+
+def flag(value, name: str) -> bool:
+    """True or False (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+    return value
+
+
+def path(value, name: str, *, folder_ok: bool = False) -> str:
+    """A file path (str or os.PathLike) as str; unless ``folder_ok``, not an existing
+    folder."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(
+            f"{name} must be a file path (str or os.PathLike); got "
+            f"{type(value).__name__}"
+        )
+    value = os.fspath(value)
+    if not folder_ok and os.path.isdir(value):
+        raise ValueError(f"{name} must be a file path; {value!r} is a folder")
+    return value
 
 
 def one_of(value, allowed: Iterable[str], name: str) -> str:
@@ -129,6 +166,60 @@ def denoiser(obj, name: str = "denoiser"):
             f"{name} must be a dlib.param.Denoiser; got {type(obj).__name__}"
         )
     return obj
+
+
+def real_tensor(
+    value, name: str, *, dtype=torch.float64, check_finite: bool = True
+) -> torch.Tensor:
+    """A number, nested list, array or tensor of real numbers as a floating tensor
+    (``dtype``, or the tensor's own floating dtype when ``dtype`` is None); strings,
+    None, booleans and complex numbers are refused, and so are NaN and inf unless
+    ``check_finite=False``."""
+    what = f"{name} must be a number, list, array or tensor of real numbers"
+    if value is None or isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"{what}; got {value!r}")
+    if not torch.is_tensor(value):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{what}; got {type(value).__name__}") from None
+    if value.dtype == torch.bool or value.is_complex():
+        raise ValueError(f"{what}; got dtype {value.dtype}")
+    if dtype is not None:
+        value = value.to(dtype)
+    elif not value.is_floating_point():
+        value = value.to(torch.get_default_dtype())
+    if check_finite:
+        finite(value, name)
+    return value
+
+
+def time_range(value, name: str = "t_range") -> tuple[float, float]:
+    """A pair (t_min, t_max) of times with 0 <= t_min < t_max <= 1, as floats."""
+    ok = isinstance(value, (tuple, list)) and len(value) == 2
+    if ok:
+        try:
+            lo, hi = (scalar_time(v, name) for v in value)
+        except ValueError:
+            ok = False
+    if not ok or not lo < hi:
+        raise ValueError(
+            f"{name} must be a pair (t_min, t_max) with 0 <= t_min < t_max <= 1; "
+            f"got {value!r}"
+        )
+    return lo, hi
+
+
+def output(out, x: torch.Tensor, name: str) -> torch.Tensor:
+    """A model's output ``out`` for the input ``x``: a tensor of x's shape (no silent
+    broadcasting). ``name`` says how the model was called, e.g. ``"fn(x, t)"``; shapes
+    only, so it costs no device synchronisation."""
+    if not torch.is_tensor(out) or out.shape != x.shape:
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ValueError(
+            f"{name} must return a tensor of x's shape {tuple(x.shape)}; got {got}"
+        )
+    return out
 
 
 def finite(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -195,6 +286,8 @@ def as_time(
         raise ValueError(
             f"{name} must be a number or a tensor of times in [{lo}, {hi}]; got {t!r}"
         )
+    if _is_number(t) and not lo <= t <= hi:  # before rounding to the tensor's dtype
+        raise ValueError(f"{name} must lie in [{lo}, {hi}]; got {t!r}")
     if not torch.is_tensor(t):
         try:
             t = torch.as_tensor(t, dtype=dtype or torch.get_default_dtype())

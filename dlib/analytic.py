@@ -1,11 +1,14 @@
-r"""Gaussian and Gaussian-mixture data whose noised marginals are known exactly: the book's ground truth.
+r"""Gaussian and Gaussian-mixture data whose noised marginals are known exactly: the
+book's ground truth.
 
-For $p_0=\sum_k\pi_k N(\mu_k,\mathrm{diag}(s_k))$ and $x_t=\alpha_t x_0+\sigma_t\epsilon$,
+For $p_0=\sum_k\pi_k N(\mu_k,\mathrm{diag}(s_k))$ and
+$x_t=\alpha_t x_0+\sigma_t\epsilon$,
 
 $$p_t=\sum_k\pi_k N(\alpha_t\mu_k, \alpha_t^2 s_k+\sigma_t^2),\qquad
 \nabla\log p_t(x)=\sum_k r_k(x)\frac{\alpha_t\mu_k-x}{\alpha_t^2s_k+\sigma_t^2},$$
 
-with responsibilities $r_k(x)\propto\pi_kN(x;\alpha_t\mu_k,\alpha_t^2 s_k+\sigma_t^2)$, and per component
+with responsibilities
+$r_k(x)\propto\pi_kN(x;\alpha_t\mu_k,\alpha_t^2 s_k+\sigma_t^2)$, and per component
 $E[x_0\mid x,k]=\mu_k+\frac{\alpha_t s_k}{\alpha_t^2s_k+\sigma_t^2}(x-\alpha_t\mu_k)$,
 $E[\epsilon\mid x,k]=\frac{\sigma_t}{\alpha_t^2s_k+\sigma_t^2}(x-\alpha_t\mu_k)$.
 Everything is computed in float64 with log-sum-exp.
@@ -32,29 +35,38 @@ class GaussianMixture:
 
     Args:
         means: (K, D) component means.
-        variances: scalar, (K,) (isotropic per component) or (K, D) (diagonal) variances, all > 0.
+        variances: scalar, (K,) (isotropic per component) or (K, D) (diagonal)
+            variances, all > 0.
         weights: (K,) non-negative mixture weights (normalised here); default uniform.
     """
 
     def __init__(self, means, variances=1.0, weights=None):
-        means = torch.as_tensor(means, dtype=_F64)
+        means = C.real_tensor(means, "means")
         if means.dim() != 2 or means.shape[0] < 1 or means.shape[1] < 1:
-            raise ValueError(f"means must have shape (K, D) with K, D >= 1; got {tuple(means.shape)}")
+            raise ValueError(
+                f"means must have shape (K, D) with K, D >= 1; got {tuple(means.shape)}"
+            )
         K, D = means.shape
-        var = torch.as_tensor(variances, dtype=_F64)
+        var = C.real_tensor(variances, "variances")
         if var.dim() == 0:
             var = var.expand(K, D)
         elif var.shape == (K,):
             var = var[:, None].expand(K, D)
         elif var.shape != (K, D):
-            raise ValueError(f"variances must be a scalar, shape ({K},) or ({K}, {D}); got {tuple(var.shape)}")
-        if not (torch.isfinite(var).all() and (var > 0).all()):
-            raise ValueError("variances must be positive and finite")
+            raise ValueError(
+                f"variances must be a scalar, shape ({K},) or ({K}, {D}); got "
+                f"{tuple(var.shape)}"
+            )
+        if not bool((var > 0).all()):
+            raise ValueError("variances must be positive")
         if weights is None:
             weights = torch.full((K,), 1.0 / K, dtype=_F64)
-        weights = torch.as_tensor(weights, dtype=_F64)
+        weights = C.real_tensor(weights, "weights")
         if weights.shape != (K,) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"weights must be {K} non-negative numbers with a positive sum; got {weights.tolist()}")
+            raise ValueError(
+                f"weights must be {K} non-negative numbers with a positive sum; got "
+                f"{weights.tolist()}"
+            )
         self.means, self.variances = means.clone(), var.clone().contiguous()
         self.weights = weights / weights.sum()
         self.log_weights = torch.log(self.weights)
@@ -70,20 +82,24 @@ class GaussianMixture:
     def n_components(self) -> int:
         return self.means.shape[0]
 
-    # ---------------------------------------------------------------------------------------------
-    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------------------------
+    def _check_x(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         if not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != self.dim:
             shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"x must be a tensor of shape (B, {self.dim}); got {shape}")
+            raise ValueError(
+                f"{name} must be a tensor of shape (B, {self.dim}); got {shape}"
+            )
         if x.shape[0] < 1:
-            raise ValueError("x must hold at least one point")
+            raise ValueError(f"{name} must hold at least one point")
         if not x.is_floating_point():
-            raise ValueError(f"x must be a floating-point tensor; got dtype {x.dtype}")
-        return C.finite(x, "x")
+            raise ValueError(
+                f"{name} must be a floating-point tensor; got dtype {x.dtype}"
+            )
+        return C.finite(x, name)
 
     def _scales(self, x, t, schedule):
-        """alpha, sigma in float64: floats for one time, (B, 1, 1) tensors for one time per
-        sample; t=None means the data distribution (alpha = 1, sigma = 0)."""
+        """alpha, sigma in float64: floats for one time, (B, 1, 1) tensors for one time
+        per sample; t=None means the data distribution (alpha = 1, sigma = 0)."""
         if t is None:
             return 1.0, 0.0
         if schedule is None:
@@ -107,8 +123,8 @@ class GaussianMixture:
     def _posterior(self, x, t, schedule):
         x = x.to(_F64)
         a, s = self._scales(x, t, schedule)
-        m = a * self.means[None]                     # (B, K, D)
-        v = a**2 * self.variances[None] + s**2       # (B, K, D)
+        m = a * self.means[None]  # (B, K, D)
+        v = a**2 * self.variances[None] + s**2  # (B, K, D)
         diff = x[:, None, :] - m
         logn = -0.5 * (torch.log(2 * math.pi * v) + diff**2 / v).sum(-1)  # (B, K)
         joint = self.log_weights[None] + logn
@@ -116,17 +132,24 @@ class GaussianMixture:
         r = torch.softmax(joint, dim=1)
         return x, a, s, v, diff, r, logp
 
-    def log_prob(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
-        r"""$\log p_t(x)$ (shape (B,), float64); ``t=None`` gives the data density $p_0$."""
+    def log_prob(
+        self, x: torch.Tensor, t=None, schedule: Schedule | None = None
+    ) -> torch.Tensor:
+        r"""$\log p_t(x)$ (shape (B,), float64); ``t=None`` gives the data density
+        $p_0$."""
         x = self._check_x(x)
         return self._posterior(x, self._time(x, t, schedule), schedule)[-1]
 
-    def responsibilities(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
+    def responsibilities(
+        self, x: torch.Tensor, t=None, schedule: Schedule | None = None
+    ) -> torch.Tensor:
         """Posterior component probabilities r_k(x) under p_t, shape (B, K)."""
         x = self._check_x(x)
         return self._posterior(x, self._time(x, t, schedule), schedule)[5]
 
-    def score(self, x: torch.Tensor, t=None, schedule: Schedule | None = None) -> torch.Tensor:
+    def score(
+        self, x: torch.Tensor, t=None, schedule: Schedule | None = None
+    ) -> torch.Tensor:
         r"""$\nabla_x\log p_t(x)$, shape (B, D), float64."""
         x = self._check_x(x)
         return self._score(x, self._time(x, t, schedule), schedule)
@@ -144,11 +167,15 @@ class GaussianMixture:
 
     def _x0_eps(self, x, t, schedule):
         x, a, s, v, diff, r, _ = self._posterior(x, t, schedule)
-        x0 = (r[..., None] * (self.means[None] + a * self.variances[None] / v * diff)).sum(1)
+        x0 = (
+            r[..., None] * (self.means[None] + a * self.variances[None] / v * diff)
+        ).sum(1)
         eps = (r[..., None] * (s / v * diff)).sum(1)
         return x0, eps
 
-    def predict(self, x: torch.Tensor, t, schedule: Schedule, kind: str = "eps") -> torch.Tensor:
+    def predict(
+        self, x: torch.Tensor, t, schedule: Schedule, kind: str = "eps"
+    ) -> torch.Tensor:
         """The exact prediction of ``kind`` (one of dlib.param.KINDS) at (x, t)."""
         one_of(kind, KINDS, "prediction kind")
         if t is None:
@@ -166,13 +193,14 @@ class GaussianMixture:
         return _prediction_from(x0, eps, kind, x64, t, schedule)
 
     def denoiser(self, schedule: Schedule) -> "AnalyticDenoiser":
-        """This model's exact predictions wrapped as a :class:`dlib.param.Denoiser` (the oracle)."""
+        """This model's exact predictions wrapped as a :class:`dlib.param.Denoiser`
+        (the oracle)."""
         return AnalyticDenoiser(self, schedule)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n exact samples of p_0, shape (n, D), float64."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer; got {n!r}")
+        n = C.positive_int(n, "n")
+        C.generator(generator)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=_F64, generator=generator)
         return self.means[k] + self.variances[k].sqrt() * z
@@ -184,27 +212,34 @@ class GaussianMixture:
     def covariance(self) -> torch.Tensor:
         """Cov[x_0], shape (D, D)."""
         mu = self.mean()
-        second = sum(w * (torch.diag(v) + torch.outer(m, m)) for w, m, v in zip(self.weights, self.means, self.variances))
+        second = sum(
+            w * (torch.diag(v) + torch.outer(m, m))
+            for w, m, v in zip(self.weights, self.means, self.variances)
+        )
         return second - torch.outer(mu, mu)
 
 
 class AnalyticDenoiser(Denoiser):
-    """The exact denoiser of a :class:`GaussianMixture` (every kind computed directly, no
-    division by a vanishing alpha or sigma), evaluated in float64 and returned in x's dtype."""
+    """The exact denoiser of a :class:`GaussianMixture` (every kind computed directly,
+    no division by a vanishing alpha or sigma), evaluated in float64 and returned in
+    x's dtype."""
 
     def __init__(self, model: GaussianMixture, schedule: Schedule):
         if not isinstance(model, GaussianMixture):
-            raise ValueError(f"model must be a dlib.analytic.GaussianMixture; got "
-                             f"{type(model).__name__}")
-        super().__init__(lambda x, t: model.predict(x, t, schedule, "eps"), schedule, "eps")
+            raise ValueError(
+                f"model must be a dlib.analytic.GaussianMixture; got "
+                f"{type(model).__name__}"
+            )
+        super().__init__(
+            lambda x, t: model.predict(x, t, schedule, "eps"), schedule, "eps"
+        )
         self.model = model
 
     def __repr__(self):
         return f"AnalyticDenoiser({self.model!r}, schedule={self.schedule!r})"
 
-    def _inputs(self, x, t):
-        x = self.model._check_x(x)
-        return x, C.check_time(t, x)
+    def _check_x(self, x, name: str = "x"):
+        return self.model._check_x(x, name)
 
     def _predict(self, x, t, kind=None):
         self.nfe += 1
@@ -218,23 +253,36 @@ class AnalyticDenoiser(Denoiser):
 
 def Gaussian(mean, variance=1.0) -> GaussianMixture:
     """A single Gaussian N(mean, diag(variance)) as a one-component mixture."""
-    mean = torch.as_tensor(mean, dtype=_F64)
-    if mean.dim() != 1:
-        raise ValueError(f"mean must be a 1-D vector; got shape {tuple(mean.shape)}")
-    var = torch.as_tensor(variance, dtype=_F64)
+    mean = C.real_tensor(mean, "mean")
+    if mean.dim() != 1 or mean.numel() < 1:
+        raise ValueError(
+            f"mean must be a non-empty 1-D vector; got shape {tuple(mean.shape)}"
+        )
+    var = C.real_tensor(variance, "variance")
+    if var.shape not in ((), mean.shape):
+        raise ValueError(
+            f"variance must be a number or have the shape of mean "
+            f"{tuple(mean.shape)}; got shape {tuple(var.shape)}"
+        )
+    if not bool((var > 0).all()):
+        raise ValueError("variance must be positive")
     var = var[None] if var.dim() == 1 else var
     return GaussianMixture(mean[None], var)
 
 
-def ring(k: int = 8, radius: float = 4.0, std: float = 0.5, weights=None) -> GaussianMixture:
-    """k isotropic 2-D Gaussians evenly spaced on a circle (the classic "8 Gaussians")."""
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer; got {k!r}")
+def ring(
+    k: int = 8, radius: float = 4.0, std: float = 0.5, weights=None
+) -> GaussianMixture:
+    """k isotropic 2-D Gaussians evenly spaced on a circle of ``radius`` (the classic
+    "8 Gaussians")."""
+    k = C.positive_int(k, "k")
+    radius, std = C.positive(radius, "radius"), C.positive(std, "std")
     ang = torch.arange(k, dtype=_F64) * (2 * math.pi / k)
     means = radius * torch.stack([ang.cos(), ang.sin()], 1)
     return GaussianMixture(means, std**2, weights)
 
 
 def song_ermon() -> GaussianMixture:
-    r"""Song & Ermon's (2019) example $\tfrac15N((-5,-5),I)+\tfrac45N((5,5),I)$ with separated modes."""
+    r"""Song & Ermon's (2019) example $\tfrac15N((-5,-5),I)+\tfrac45N((5,5),I)$ with
+    separated modes."""
     return GaussianMixture([[-5.0, -5.0], [5.0, 5.0]], 1.0, [0.2, 0.8])

@@ -163,29 +163,20 @@ def _device(device) -> torch.device:
     if device is None:
         return runtime.device()
     try:
-        return torch.device(device)
+        if isinstance(device, bool):
+            raise TypeError
+        dev = torch.device(device)
     except (TypeError, RuntimeError):
         raise ValueError(
             f"device must be None, a string such as 'cuda' or a torch.device; got "
             f"{device!r}"
         ) from None
-
-
-def _t_range(t_range) -> tuple[float, float]:
-    ok = isinstance(t_range, (tuple, list)) and len(t_range) == 2
-    lo, hi = (C.in_range(v, "t_range", 0.0, 1.0) for v in t_range) if ok else (1, 0)
-    if not lo < hi:
-        raise ValueError(
-            f"t_range must be (t_min, t_max) with 0 <= t_min < t_max <= 1; got "
-            f"{t_range!r}"
-        )
-    return lo, hi
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
-    return value
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available()
+        or (dev.index is not None and dev.index >= torch.cuda.device_count())
+    ):
+        raise ValueError(f"device {device!r} is not available on this machine")
+    return dev
 
 
 def generate(
@@ -222,10 +213,10 @@ def generate(
     if not isinstance(shape, (tuple, list)) or not shape:
         raise ValueError(f"shape must be a non-empty tuple of sizes; got {shape!r}")
     shape = tuple(C.positive_int(s, "shape") for s in shape)
-    t_min, t_max = _t_range(t_range)
-    seed = C.positive_int(seed, "seed", minimum=0)
+    t_min, t_max = C.time_range(t_range)
+    seed = C.seed(seed)
     dev = _device(device)
-    _flag(progress, "progress")
+    C.flag(progress, "progress")
     if sample_steps == 1:
         ts = torch.tensor([t_max, 0.0], dtype=torch.float64)
     else:
@@ -291,22 +282,29 @@ def score_images(
     ``real`` (training images), ``energy_distance_real`` and ``sliced_w2_real`` give
     the same distances for as many real images: the floor that sample size allows.
     """
-    for x, name in ((samples, "samples"), (reference, "reference")):
+    images = [(samples, "samples"), (reference, "reference")]
+    if real is not None:
+        images.append((real, "real"))
+    for x, name in images:
         C.tensor(x, name, floating=True, min_dim=4)
-        if x.shape[0] < 2:
-            raise ValueError(f"{name} must hold at least 2 images; got {x.shape[0]}")
-    if samples.shape[1:] != reference.shape[1:]:
-        raise ValueError(
-            f"samples and reference must have the same image shape; got "
-            f"{tuple(samples.shape[1:])} and {tuple(reference.shape[1:])}"
-        )
+        if x.dim() != 4 or x.shape[0] < 2:
+            raise ValueError(
+                f"{name} must hold at least 2 images of shape (C, H, W); got shape "
+                f"{tuple(x.shape)}"
+            )
+        if x.shape[1:] != samples.shape[1:]:
+            raise ValueError(
+                f"samples and {name} must have the same image shape; got "
+                f"{tuple(samples.shape[1:])} and {tuple(x.shape[1:])}"
+            )
     n_pixel = C.positive_int(n_pixel, "n_pixel", minimum=2)
-    seed = C.positive_int(seed, "seed", minimum=0)
-    _flag(fid, "fid")
+    seed = C.seed(seed)
+    C.flag(fid, "fid")
+    dev = _device(device)
     notes = []
     result = {"fid": None}
     if fid:
-        result["fid"], why = _fid(samples, reference, _device(device))
+        result["fid"], why = _fid(samples, reference, dev)
         if why:
             notes.append(why)
         elif len(samples) < FID_SAMPLES:
@@ -402,7 +400,7 @@ def run_image_experiment(
             f"net must be 'ddpm', 'small' or a torch.nn.Module; got {net!r}"
         )
     steps = C.positive_int(steps, "steps")
-    t_range = _t_range(t_range)
+    t_range = C.time_range(t_range)
     _sampler(sampler)
     sample_steps = C.positive_int(sample_steps, "sample_steps")
     n_samples = C.positive_int(n_samples, "n_samples", minimum=2)
@@ -410,7 +408,7 @@ def run_image_experiment(
     if max_minutes is not None:
         max_minutes = C.positive(max_minutes, "max_minutes")
     if hflip is not None:
-        _flag(hflip, "hflip")
+        C.flag(hflip, "hflip")
     for value, name in (
         (fid, "fid"),
         (allow_tf32, "allow_tf32"),
@@ -418,10 +416,21 @@ def run_image_experiment(
         (progress, "progress"),
         (verbose, "verbose"),
     ):
-        _flag(value, name)
+        C.flag(value, name)
     if not isinstance(data_root, (str, os.PathLike)):
         raise ValueError(f"data_root must be a folder path; got {data_root!r}")
-    seed = C.positive_int(seed, "seed", minimum=0)
+    seed = C.seed(seed)
+    # what train() checks, checked here too: before any download or network is built
+    C.positive_int(batch_size, "batch_size")
+    C.positive(lr, "lr")
+    C.positive_int(warmup_steps, "warmup_steps", minimum=0)
+    if grad_clip is not None:
+        C.positive(grad_clip, "grad_clip")
+    if ema_decay is not None:
+        C.in_range(ema_decay, "ema_decay", 0.0, 1.0, hi_open=True)
+    if checkpoint is not None:
+        C.path(checkpoint, "checkpoint")
+    C.positive_int(checkpoint_every, "checkpoint_every")
     rank, world = train.init_distributed()  # under torchrun: this rank's GPU is "cuda"
     dev = _device(device)
     say = print if verbose and rank == 0 else (lambda *a, **k: None)

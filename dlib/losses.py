@@ -1,8 +1,13 @@
-r"""Training losses and likelihood bounds: the denoising family, score matching, flow matching, ELBOs.
+r"""Training losses and likelihood bounds: the denoising family, score matching, flow
+matching, ELBOs.
 
-All denoising-type losses regress a network output onto :func:`dlib.param.target` of some kind at
-$x_t=\alpha_tx_0+\sigma_t\epsilon$; they differ only in the kind and in a weight $w(t)$. The
-continuous-time ELBO is the member with $w(t)=$ :func:`elbo_weight`.
+All denoising-type losses regress a network output onto :func:`dlib.param.target` of
+some kind at $x_t=\alpha_tx_0+\sigma_t\epsilon$; they differ only in the kind and in a
+weight $w(t)$. The continuous-time ELBO is the member with $w(t)=$
+:func:`elbo_weight`.
+
+Each loss validates its inputs once per call (types, shapes, finite data), as every
+public function does (see :mod:`dlib._checks`): a training step costs one such check.
 """
 
 from __future__ import annotations
@@ -17,18 +22,32 @@ from ._checks import as_time, batch_time, bcast, one_of, rand, randn
 from .param import KINDS, Denoiser, target
 from .schedules import Schedule
 
-__all__ = ["gaussian_kl", "sample_xt", "denoising_loss", "flow_matching_loss", "elbo_weight",
-           "dsm_loss", "esm_loss", "discrete_nelbo", "continuous_nelbo",
+__all__ = ["gaussian_kl", "sample_xt", "denoising_loss", "flow_matching_loss",
+           "elbo_weight", "dsm_loss", "esm_loss", "discrete_nelbo", "continuous_nelbo",
            "gaussian_discretization_excess", "gaussian_nelbo",
            "optimal_reverse_variance"]
 
 
 def gaussian_kl(mean1, var1, mean2, var2) -> torch.Tensor:
-    r"""Elementwise $KL(N(m_1,v_1)\,\|\,N(m_2,v_2))=\tfrac12\big(\log\frac{v_2}{v_1}+\frac{v_1+(m_1-m_2)^2}{v_2}-1\big)$."""
-    mean1, var1, mean2, var2 = (torch.as_tensor(a, dtype=torch.float64) if not torch.is_tensor(a) else a
-                                for a in (mean1, var1, mean2, var2))
-    if (var1 <= 0).any() or (var2 <= 0).any():
-        raise ValueError("variances of a Gaussian KL must be positive")
+    r"""Elementwise $KL(N(m_1,v_1)\,\|\,N(m_2,v_2))
+    =\tfrac12\big(\log\frac{v_2}{v_1}+\frac{v_1+(m_1-m_2)^2}{v_2}-1\big)$.
+
+    Numbers, arrays or tensors of real numbers with broadcastable shapes (numbers and
+    arrays become float64); the variances must be positive, everything finite."""
+    names = ("mean1", "var1", "mean2", "var2")
+    args = [C.real_tensor(a, n, dtype=None if torch.is_tensor(a) else torch.float64)
+            for a, n in zip((mean1, var1, mean2, var2), names)]
+    try:
+        torch.broadcast_shapes(*(a.shape for a in args))
+    except RuntimeError:
+        shapes = ", ".join(f"{n} {tuple(a.shape)}" for n, a in zip(names, args))
+        raise ValueError(
+            f"mean1, var1, mean2 and var2 must have broadcastable shapes; got {shapes}"
+        ) from None
+    mean1, var1, mean2, var2 = args
+    for v, n in ((var1, "var1"), (var2, "var2")):
+        if not bool((v > 0).all()):
+            raise ValueError(f"{n} (a variance) must be positive")
     return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
 
 
@@ -37,10 +56,12 @@ def _sum_dims(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_xt(x0: torch.Tensor, t, schedule: Schedule,
-              generator: torch.Generator | None = None, *, eps: torch.Tensor | None = None):
-    r"""Return $(x_t, \epsilon)$ with $x_t=\alpha_tx_0+\sigma_t\epsilon$: $\epsilon\sim N(0,I)$ is drawn
-    (with ``generator``) unless given as ``eps`` (same shape as ``x0``), which is how a
-    coupling of data and noise (reflow, optimal transport) reuses the forward process."""
+              generator: torch.Generator | None = None, *,
+              eps: torch.Tensor | None = None):
+    r"""Return $(x_t, \epsilon)$ with $x_t=\alpha_tx_0+\sigma_t\epsilon$:
+    $\epsilon\sim N(0,I)$ is drawn (with ``generator``) unless given as ``eps`` (same
+    shape as ``x0``), which is how a coupling of data and noise (reflow, optimal
+    transport) reuses the forward process."""
     C.schedule(schedule)
     x0 = C.batch(x0, "x0")
     t = C.check_time(t, x0)
@@ -48,7 +69,7 @@ def sample_xt(x0: torch.Tensor, t, schedule: Schedule,
     if eps is None:
         eps = randn(x0.shape, x0, generator)
     else:
-        eps = C.tensor(eps, "eps")
+        eps = C.tensor(eps, "eps", floating=True)
         if eps.shape != x0.shape:
             raise ValueError(f"eps must have the shape of x0 {tuple(x0.shape)}; got "
                              f"{tuple(eps.shape)}")
@@ -59,44 +80,63 @@ def sample_xt(x0: torch.Tensor, t, schedule: Schedule,
 def _draw_t(x0, t, t_range, generator):
     if t is not None:
         return batch_time(t, x0)
-    lo, hi = t_range
-    as_time(torch.tensor([lo, hi]), name="t_range")
-    if not lo < hi:
-        raise ValueError(f"t_range must be (t_min, t_max) with t_min < t_max; got {t_range}")
+    lo, hi = C.time_range(t_range)
     u = rand(x0.shape[0], x0, generator)
     return lo + (hi - lo) * u
 
 
-def denoising_loss(net: Callable, x0: torch.Tensor, schedule: Schedule, kind: str = "eps", *,
+def denoising_loss(net: Callable, x0: torch.Tensor, schedule: Schedule,
+                   kind: str = "eps", *,
                    weight: Callable[[torch.Tensor], torch.Tensor] | None = None, t=None,
-                   t_range: tuple[float, float] = (1e-3, 1.0), generator: torch.Generator | None = None,
+                   t_range: tuple[float, float] = (1e-3, 1.0),
+                   generator: torch.Generator | None = None,
                    reduce: bool = True) -> torch.Tensor:
-    r"""$E_{t,x_0,\epsilon}\,w(t)\,\|\mathrm{net}(x_t,t)-\mathrm{target}_{kind}\|^2$ (squared error summed over dims).
+    r"""$E_{t,x_0,\epsilon}\,w(t)\,\|\mathrm{net}(x_t,t)-\mathrm{target}_{kind}\|^2$
+    (squared error summed over dims).
 
-    ``kind="eps"`` with ``weight=None`` is DDPM's $L_{simple}$; ``"x0"``, ``"v"`` are its re-weighted
-    twins; ``"velocity"`` is (conditional) flow matching; ``"score"`` is denoising score matching.
-    ``t`` fixes the time(s); otherwise $t\sim U(t_{min},t_{max})$. Returns the batch mean (or the
-    per-example values with ``reduce=False``)."""
+    ``kind="eps"`` with ``weight=None`` is DDPM's $L_{simple}$; ``"x0"``, ``"v"`` are
+    its re-weighted twins; ``"velocity"`` is (conditional) flow matching; ``"score"``
+    is denoising score matching. ``t`` fixes the time(s); otherwise
+    $t\sim U(t_{min},t_{max})$. Returns the batch mean (or the per-example values with
+    ``reduce=False``)."""
+    C.function(net, "net", "net(x_t, t)")
     one_of(kind, KINDS, "prediction kind")
+    C.schedule(schedule)
+    x0 = C.batch(x0, "x0")
+    C.optional_function(weight, "weight", "weight(t)")
+    C.generator(generator)
+    C.flag(reduce, "reduce")
     t = _draw_t(x0, t, t_range, generator)
     xt, eps = sample_xt(x0, t, schedule, generator)
-    err = _sum_dims((net(xt, t) - target(kind, x0, eps, t, schedule)) ** 2)
+    out = C.output(net(xt, t), xt, "net(x_t, t)")
+    err = _sum_dims((out - target(kind, x0, eps, t, schedule)) ** 2)
     if weight is not None:
-        err = err * weight(t)
+        w = weight(t)
+        if not torch.is_tensor(w) or w.shape not in ((), t.shape):
+            got = tuple(w.shape) if torch.is_tensor(w) else type(w).__name__
+            raise ValueError(
+                f"weight(t) must return a tensor of shape {tuple(t.shape)} (or a "
+                f"0-d tensor); got {got}"
+            )
+        err = err * w
     return err.mean() if reduce else err
 
 
-def flow_matching_loss(net: Callable, x0: torch.Tensor, schedule: Schedule, **kwargs) -> torch.Tensor:
-    r"""Conditional flow matching: regress onto $\dot\alpha_tx_0+\dot\sigma_t\epsilon$ (= ``denoising_loss(kind="velocity")``)."""
+def flow_matching_loss(net: Callable, x0: torch.Tensor, schedule: Schedule,
+                       **kwargs) -> torch.Tensor:
+    r"""Conditional flow matching: regress onto $\dot\alpha_tx_0+\dot\sigma_t\epsilon$
+    (= ``denoising_loss(kind="velocity")``)."""
     return denoising_loss(net, x0, schedule, "velocity", **kwargs)
 
 
 def elbo_weight(kind: str, t, schedule: Schedule) -> torch.Tensor:
-    r"""The weight $w(t)$ that turns $w(t)\|\hat y-y\|^2$ for prediction ``kind`` into the
-    continuous-time ELBO integrand $-\dot\lambda_t\|\epsilon-\hat\epsilon\|^2$ (VDM):
+    r"""The weight $w(t)$ that turns $w(t)\|\hat y-y\|^2$ for prediction ``kind`` into
+    the continuous-time ELBO integrand $-\dot\lambda_t\|\epsilon-\hat\epsilon\|^2$
+    (VDM):
 
     eps: $-\dot\lambda$;  x0: $-\dot\lambda e^{2\lambda}$;
-    v: $-\dot\lambda\,\alpha^2/(\alpha^2+\sigma^2)^2$;  score: $-\dot\lambda\sigma^2=g^2/2$;
+    v: $-\dot\lambda\,\alpha^2/(\alpha^2+\sigma^2)^2$;
+    score: $-\dot\lambda\sigma^2=g^2/2$;
     velocity: $-1/(\sigma^2\dot\lambda)=2/g^2$.
 
     The score and velocity weights are computed from $g^2(t)$, which stays finite where
@@ -108,8 +148,8 @@ def elbo_weight(kind: str, t, schedule: Schedule) -> torch.Tensor:
         g2 = schedule._sde(t)[1]
         return 0.5 * g2 if kind == "score" else 2.0 / g2
     c = schedule._coefficients(t)
-    # -d lambda/dt = d sigma/dt / sigma - d alpha/dt / alpha; multiplied out by alpha^2 so
-    # that the x0 and v weights stay finite where alpha_t = 0
+    # -d lambda/dt = d sigma/dt / sigma - d alpha/dt / alpha; multiplied out by alpha^2
+    # so that the x0 and v weights stay finite where alpha_t = 0
     if kind == "eps":
         return c.d_sigma / c.sigma - c.d_alpha / c.alpha
     num = c.alpha**2 * c.d_sigma / c.sigma - c.alpha * c.d_alpha
@@ -120,16 +160,29 @@ def elbo_weight(kind: str, t, schedule: Schedule) -> torch.Tensor:
 
 def dsm_loss(score_fn: Callable, x0: torch.Tensor, t, schedule: Schedule,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    r"""Denoising score matching at fixed t: $\tfrac12E\|s(x_t,t)+\epsilon/\sigma_t\|^2$ (batch mean)."""
+    r"""Denoising score matching at fixed t:
+    $\tfrac12E\|s(x_t,t)+\epsilon/\sigma_t\|^2$ (batch mean). Singular where
+    $\sigma_t=0$ (a ValueError says so)."""
+    C.function(score_fn, "score_fn", "score_fn(x, t)")
+    C.schedule(schedule)
+    x0 = C.batch(x0, "x0")
     t = batch_time(t, x0)
     xt, eps = sample_xt(x0, t, schedule, generator)
-    return 0.5 * _sum_dims((score_fn(xt, t) + eps / bcast(schedule.sigma(t), x0)) ** 2).mean()
+    s = C.output(score_fn(xt, t), xt, "score_fn(x, t)")
+    return 0.5 * _sum_dims((s - target("score", x0, eps, t, schedule)) ** 2).mean()
 
 
-def esm_loss(score_fn: Callable, true_score: Callable, x: torch.Tensor, t) -> torch.Tensor:
-    r"""Explicit score matching $\tfrac12E\|s(x,t)-\nabla\log p_t(x)\|^2$ on samples ``x`` of $p_t$."""
+def esm_loss(score_fn: Callable, true_score: Callable, x: torch.Tensor,
+             t) -> torch.Tensor:
+    r"""Explicit score matching $\tfrac12E\|s(x,t)-\nabla\log p_t(x)\|^2$ on samples
+    ``x`` of $p_t$."""
+    C.function(score_fn, "score_fn", "score_fn(x, t)")
+    C.function(true_score, "true_score", "true_score(x, t)")
+    x = C.batch(x, "x")
     t = batch_time(t, x)
-    return 0.5 * _sum_dims((score_fn(x, t) - true_score(x, t)) ** 2).mean()
+    s = C.output(score_fn(x, t), x, "score_fn(x, t)")
+    s_true = C.output(true_score(x, t), x, "true_score(x, t)")
+    return 0.5 * _sum_dims((s - s_true) ** 2).mean()
 
 
 def _reverse_variance(schedule: Schedule, s, t, reverse_var, n_steps: int):
@@ -184,12 +237,11 @@ def discrete_nelbo(
     $N(\hat x_0(x_{t_1}), \sigma_{t_1}^2I)$ for every choice. One Monte-Carlo draw of
     $x_{t_i}$ per step and example. Returns a dict of (B,) tensors: prior, diffusion,
     decoder, total."""
-    ts = torch.as_tensor(ts, dtype=torch.float64)
-    as_time(ts, name="ts")
-    if ts.dim() != 1 or ts.numel() < 1 or not (ts[0] > 0) or (ts[1:] <= ts[:-1]).any():
-        raise ValueError(
-            "ts must be a strictly increasing 1-D grid t_1 < ... < t_T with t_1 > 0"
-        )
+    C.denoiser(denoiser)
+    x0 = denoiser._check_x(x0, "x0")
+    ts = _increasing_grid(ts, 1)
+    C.generator(generator)
+    chunk = C.positive_int(chunk, "chunk")
     sch, B, D = denoiser.schedule, x0.shape[0], x0[0].numel()
     if ts.numel() > 1:
         b_all, post_all, var_all = _reverse_variance(
@@ -237,21 +289,25 @@ def discrete_nelbo(
     }
 
 
-def continuous_nelbo(denoiser: Denoiser, x0: torch.Tensor, t_range: tuple[float, float] = (1e-3, 1.0), *,
-                     n_t: int = 1, sampling: str = "uniform", generator: torch.Generator | None = None) -> torch.Tensor:
+def continuous_nelbo(denoiser: Denoiser, x0: torch.Tensor,
+                     t_range: tuple[float, float] = (1e-3, 1.0), *, n_t: int = 1,
+                     sampling: str = "uniform",
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     r"""Monte-Carlo estimate (per example, nats) of the continuous-time diffusion term
-    $\int_{t_0}^{t_1}(-\dot\lambda_t)\,E\|\epsilon-\hat\epsilon(x_t,t)\|^2\,dt$ with ``n_t`` draws each.
+    $\int_{t_0}^{t_1}(-\dot\lambda_t)\,E\|\epsilon-\hat\epsilon(x_t,t)\|^2\,dt$ with
+    ``n_t`` draws each.
 
-    ``sampling="uniform"`` draws $t\sim U(t_0,t_1)$; ``"log_snr"`` draws $\lambda$ uniformly between the
-    end points and maps back with the schedule, which makes the estimator's distribution identical for
-    every schedule with the same end-point log-SNRs (the VDM invariance)."""
+    ``sampling="uniform"`` draws $t\sim U(t_0,t_1)$; ``"log_snr"`` draws $\lambda$
+    uniformly between the end points and maps back with the schedule, which makes the
+    estimator's distribution identical for every schedule with the same end-point
+    log-SNRs (the VDM invariance)."""
+    C.denoiser(denoiser)
     one_of(sampling, ("uniform", "log_snr"), "sampling")
     sch = denoiser.schedule
-    t0, t1 = t_range
-    as_time(torch.tensor([t0, t1]), name="t_range")
-    if not t0 < t1 or not isinstance(n_t, int) or n_t < 1:
-        raise ValueError(f"need t_range (t0 < t1) and a positive integer n_t; got {t_range}, {n_t}")
-    x0 = x0.to(torch.float64)
+    t0, t1 = C.time_range(t_range)
+    n_t = C.positive_int(n_t, "n_t")
+    C.generator(generator)
+    x0 = denoiser._check_x(x0, "x0").to(torch.float64)
     B = x0.shape[0]
     xb = x0.repeat(n_t, *([1] * (x0.dim() - 1)))
     u = torch.rand(B * n_t, dtype=torch.float64, generator=generator)
@@ -259,7 +315,14 @@ def continuous_nelbo(denoiser: Denoiser, x0: torch.Tensor, t_range: tuple[float,
         t = t0 + (t1 - t0) * u
         w = (t1 - t0) * (-sch.d_log_snr(t))
     else:
-        lam0, lam1 = sch.log_snr(torch.tensor(t0, dtype=torch.float64)), sch.log_snr(torch.tensor(t1, dtype=torch.float64))
+        lam0 = sch.log_snr(torch.tensor(t0, dtype=torch.float64))
+        lam1 = sch.log_snr(torch.tensor(t1, dtype=torch.float64))
+        if not bool(torch.isfinite(lam0) & torch.isfinite(lam1)):
+            raise ValueError(
+                f"sampling='log_snr' needs a finite log-SNR at both ends of t_range; "
+                f"got lambda = {float(lam0)} at t = {t0} and {float(lam1)} at "
+                f"t = {t1} (use 0 < t_min, and t_max < 1 for the linear path)"
+            )
         lam = lam1 + (lam0 - lam1) * u
         t = sch.t_from_log_snr(lam)
         w = (lam0 - lam1).expand_as(u)
@@ -307,7 +370,7 @@ def _gaussian_data_args(data_var, dim):
 
 
 def _increasing_grid(ts, minimum: int) -> torch.Tensor:
-    ts = as_time(torch.as_tensor(ts, dtype=torch.float64), name="ts")
+    ts = as_time(C.real_tensor(ts, "ts"), name="ts")
     if ts.dim() != 1 or ts.numel() < minimum or (ts[1:] <= ts[:-1]).any():
         raise ValueError(
             "ts must be a strictly increasing 1-D grid t_1 < ... < t_T with at least "

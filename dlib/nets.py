@@ -17,8 +17,9 @@ the output is returned in the input's floating dtype: float64 data (as the
 float64, equal to the float32 result. Integer input comes back in the parameters' dtype.
 
 Checks. Shapes, dtypes and Python-number times are checked at every call; the
-*values* of a tensor of times are checked only on the CPU, so that a sampler's step on
-a GPU never waits for the device (see :mod:`dlib._checks`).
+*values* of a tensor of times (in [0, 1]) and of the input (finite) are checked only on
+the CPU, so that a sampler's step on a GPU never waits for the device (see
+:mod:`dlib._checks`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def _input(x, want: tuple, params: nn.Module, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name} must be a tensor of shape (B, {dims}); got {shape}")
     if x.dtype == torch.bool or x.is_complex():
         raise ValueError(f"{name} must hold real numbers; got dtype {x.dtype}")
+    if x.device.type == "cpu" and x.is_floating_point() and x.numel():
+        lo, hi = torch.aminmax(x)  # NaN propagates; one cheap reduction
+        if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
+            raise ValueError(f"{name} contains NaN or inf values")
     return x.to(next(params.parameters()).dtype)
 
 
@@ -105,11 +110,7 @@ class SinusoidalEmbedding(nn.Module):
 
     def __init__(self, dim: int, max_period: float = 10000.0) -> None:
         super().__init__()
-        positive_int(dim, "dim")
-        if dim % 2:
-            raise ValueError(
-                f"dim must be even (half sin, half cos features); got {dim}"
-            )
+        _even(dim, "dim")
         if (
             isinstance(max_period, bool)
             or not isinstance(max_period, (int, float))
@@ -182,7 +183,7 @@ class MLP(nn.Module):
         self.dim = positive_int(dim, "dim")
         self.hidden = positive_int(hidden, "hidden")
         self.depth = positive_int(depth, "depth", minimum=2)
-        self.emb_dim = positive_int(emb_dim, "emb_dim", minimum=2)
+        self.emb_dim = _even(emb_dim, "emb_dim")
         self.time = _TimeMLP(emb_dim)
         widths = [dim] + [hidden] * (depth - 1)
         self.layers = nn.ModuleList(
@@ -308,7 +309,7 @@ class UNet(nn.Module):
         self.in_channels = positive_int(in_channels, "in_channels")
         positive_int(base_channels, "base_channels")
         self.img_size = positive_int(img_size, "img_size")
-        self.emb_dim = positive_int(emb_dim, "emb_dim", minimum=2)
+        self.emb_dim = _even(emb_dim, "emb_dim")
         self.num_res_blocks = positive_int(num_res_blocks, "num_res_blocks")
         self.dropout = in_range(dropout, "dropout", 0.0, 1.0, hi_open=True)
         positive_int(norm_groups, "norm_groups")
@@ -439,6 +440,16 @@ class UNet(nn.Module):
             f"in_channels={self.in_channels}, channel_mults={self.channel_mults}, "
             f"img_size={self.img_size}, params={count_params(self):,}"
         )
+
+
+def _even(value, name: str) -> int:
+    """A positive even integer (the sinusoidal features are half sin, half cos)."""
+    value = positive_int(value, name, minimum=2)
+    if value % 2:
+        raise ValueError(
+            f"{name} must be even (half sin, half cos features); got {value}"
+        )
+    return value
 
 
 def _int_tuple(values, name: str, nonempty: bool) -> tuple[int, ...]:

@@ -169,7 +169,7 @@ def _convert(pred, src, dst, x, t, schedule):
 
 
 def _like_x(y, x, name, ref="x"):
-    y = C.tensor(y, name)
+    y = C.tensor(y, name, floating=True)
     if y.shape != x.shape:
         raise ValueError(
             f"{name} must have the shape of {ref} {tuple(x.shape)}; got "
@@ -272,8 +272,13 @@ class Denoiser:
 
     # --- public, validated
     # ----------------------------------------------------------------
+    def _check_x(self, x, name: str = "x") -> torch.Tensor:
+        """Validate a batch for this model once (a finite floating batch; an analytic
+        model also checks its dimension): what samplers and metrics call on entry."""
+        return C.batch(x, name)
+
     def _inputs(self, x, t):
-        x = C.batch(x, "x")
+        x = self._check_x(x)
         return x, C.check_time(t, x)
 
     def predict(self, x: torch.Tensor, t, kind: str | None = None) -> torch.Tensor:
@@ -308,12 +313,7 @@ class Denoiser:
     def _evaluate(self, x, t):
         self.nfe += 1
         out = self.fn(x, C.time_tensor(t, x))
-        if not torch.is_tensor(out) or out.shape != x.shape:
-            got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
-            raise ValueError(
-                f"fn(x, t) must return a tensor of x's shape {tuple(x.shape)}; "
-                f"got {got}"
-            )
+        C.output(out, x, "fn(x, t)")
         return out
 
     def _x0_eps(self, x, t):
@@ -333,6 +333,9 @@ class _Rescheduled(Denoiser):
 
     def __repr__(self):
         return f"change_schedule({self.base!r}, {self.schedule!r})"
+
+    def _check_x(self, x, name: str = "x") -> torch.Tensor:
+        return self.base._check_x(x, name)
 
     def _old_time_and_scale(self, t):
         old, new = self.base.schedule, self.schedule

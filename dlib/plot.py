@@ -23,6 +23,8 @@ from matplotlib.axis import Axis
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.text import Text
 
+from . import _checks as C
+
 __all__ = ["style", "samples_2d", "density_contours", "trajectories", "vector_field",
            "image_grid", "line", "check_legible", "column_width", "COLORS", "COLUMN_PX",
            "MIN_TEXT_PT", "IllegibleFigureWarning"]
@@ -153,26 +155,42 @@ def _on_draw(event) -> None:
                            module="dlib.plot")
 
 
-def _np(x, name: str) -> np.ndarray:
+def _np(x, name: str, finite: bool = True) -> np.ndarray:
+    """``x`` as a float64 array; booleans and strings are refused, and so are NaN and
+    inf unless ``finite=False``."""
     if torch.is_tensor(x):
-        return x.detach().cpu().double().numpy()
-    try:
-        return np.asarray(x, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a tensor or array of numbers; "
-                         f"got {type(x).__name__}") from None
+        if x.dtype == torch.bool or x.is_complex():
+            raise ValueError(f"{name} must hold real numbers; got dtype {x.dtype}")
+        a = x.detach().cpu().double().numpy()
+    else:
+        try:
+            a = np.asarray(x)
+        except (TypeError, ValueError):  # e.g. ragged nested lists
+            a = np.asarray(None)
+        if a.dtype.kind == "b":
+            raise ValueError(f"{name} must hold real numbers; got booleans")
+        if a.dtype.kind not in "iuf":
+            raise ValueError(f"{name} must be a tensor or array of numbers; "
+                             f"got {type(x).__name__}")
+        a = a.astype(float)
+    if finite and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return a
 
 
 def _points(x, name: str = "x") -> np.ndarray:
     a = _np(x, name)
-    if a.ndim != 2 or a.shape[1] != 2:
-        raise ValueError(f"{name} must have shape (N, 2); got {a.shape}")
+    if a.ndim != 2 or a.shape[1] != 2 or len(a) < 1:
+        raise ValueError(f"{name} must have shape (N, 2) with N >= 1; got {a.shape}")
     return a
 
 
 def _axes(ax, figsize=(4.0, 4.0)):
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
+    elif not isinstance(ax, Axes):
+        raise ValueError(f"ax must be a matplotlib Axes or None; got "
+                         f"{type(ax).__name__}")
     return ax
 
 
@@ -209,12 +227,17 @@ def density_contours(log_prob: Callable[[torch.Tensor], torch.Tensor], lim, ax=N
     ``log_prob`` maps an (M, 2) float64 tensor to log-densities of shape (M,)
     (unnormalised is fine).
     """
-    if not callable(log_prob):
-        raise ValueError("log_prob must be a callable mapping an (M, 2) tensor to (M,) "
-                         "log-densities")
+    C.function(log_prob, "log_prob", "log_prob(points) -> (M,) log-densities")
+    if not isinstance(levels, (list, tuple)):
+        levels = C.positive_int(levels, "levels")
+    elif len(levels) < 1 or not np.all(np.diff(_np(levels, "levels")) > 0):
+        raise ValueError(f"levels must be a count or increasing numbers; got "
+                         f"{levels!r}")
+    C.flag(filled, "filled")
+    ax = _axes(ax)
     X, Y, pts = _grid(lim, n)
     with torch.no_grad():
-        lp = _np(log_prob(pts), "log_prob(points)")
+        lp = _np(log_prob(pts), "log_prob(points)", finite=False)
     if lp.shape != (len(pts),):
         raise ValueError(f"log_prob must return shape ({len(pts)},) for "
                          f"({len(pts)}, 2) points; got {lp.shape}")
@@ -222,7 +245,6 @@ def density_contours(log_prob: Callable[[torch.Tensor], torch.Tensor], lim, ax=N
     if not finite.any():
         raise ValueError("log_prob returned no finite value on the grid; check lim")
     p = np.where(finite, np.exp(lp - lp[finite].max()), 0.0).reshape(X.shape)
-    ax = _axes(ax)
     draw = ax.contourf if filled else ax.contour
     draw(X, Y, p, levels=levels, cmap=cmap)
     ax.set_xlim(*_limits(lim))
@@ -241,6 +263,9 @@ def samples_2d(x, ax=None, density: Callable | None = None, lim=None, s: float =
     [-L, L]) or (lo, hi); by default it covers the data with a 5% margin.
     """
     pts = _points(x)
+    C.optional_function(density, "density", "density(points) -> (M,) log-densities")
+    s = C.positive(s, "s")
+    alpha = C.in_range(alpha, "alpha", 0.0, 1.0)
     if lim is None:
         if len(pts):
             lo, hi = float(pts.min()), float(pts.max())
@@ -281,6 +306,7 @@ def trajectories(traj, ax=None, n: int = 50, color="C0", alpha: float = 0.4):
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer; got {n!r}")
     arr = arr[:, :n]
+    alpha = C.in_range(alpha, "alpha", 0.0, 1.0)
     ax = _axes(ax)
     ax.plot(arr[:, :, 0], arr[:, :, 1], color=color, alpha=alpha, linewidth=0.8)
     ax.scatter(arr[0, :, 0], arr[0, :, 1], s=8, color="0.5", label="start", zorder=3)
@@ -295,9 +321,9 @@ def vector_field(fn: Callable[[torch.Tensor], torch.Tensor], lim, ax=None, n: in
                  normalize: bool = False, color="C1"):
     """Quiver plot of ``fn`` ((M, 2) float64 tensor -> (M, 2)) on an n x n grid;
     optionally unit arrows."""
-    if not callable(fn):
-        raise ValueError("fn must be a callable mapping an (M, 2) tensor to (M, 2) "
-                         "vectors")
+    C.function(fn, "fn", "fn(points) -> (M, 2) vectors")
+    C.flag(normalize, "normalize")
+    ax = _axes(ax)
     X, Y, pts = _grid(lim, n)
     with torch.no_grad():
         v = _np(fn(pts), "fn(points)")
@@ -305,7 +331,6 @@ def vector_field(fn: Callable[[torch.Tensor], torch.Tensor], lim, ax=None, n: in
         raise ValueError(f"fn must return shape ({len(pts)}, 2); got {v.shape}")
     if normalize:
         v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    ax = _axes(ax)
     ax.quiver(X, Y, v[:, 0].reshape(X.shape), v[:, 1].reshape(X.shape), color=color,
               angles="xy")
     ax.set_aspect("equal")
@@ -317,7 +342,7 @@ def image_grid(images, ax=None, nrow: int = 8, vmin: float = -1, vmax: float = 1
     """Show images (N, C, H, W) with C = 1 (grey) or 3 (colour), or flat grey (N, H*W)
     with H = W, as a grid with ``nrow`` images per row. Pixel values from [vmin, vmax]
     are shown as black..white. A new figure is at most as wide as the text column."""
-    a = _np(images, "images")
+    a = _np(images, "images", finite=False)
     if a.ndim == 2:
         side = int(round(np.sqrt(a.shape[1])))
         if side * side != a.shape[1]:
@@ -329,11 +354,16 @@ def image_grid(images, ax=None, nrow: int = 8, vmin: float = -1, vmax: float = 1
                          f"got {a.shape}")
     if len(a) == 0:
         raise ValueError("images must contain at least one image")
+    if getattr(images, "dtype", None) in (torch.bool, np.dtype(bool)):
+        raise ValueError("images must hold pixel values, not booleans")
+    if not np.isfinite(a).all():
+        raise ValueError("images contain NaN or inf values")
     if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
         raise ValueError("nrow (images per row) must be a positive integer; "
                          f"got {nrow!r}")
     try:
         ok = math.isfinite(vmin) and math.isfinite(vmax) and vmin < vmax
+        ok = ok and not isinstance(vmin, bool) and not isinstance(vmax, bool)
     except TypeError:
         ok = False
     if not ok:
@@ -375,9 +405,11 @@ def line(x: Sequence[float], ys: Mapping[str, Sequence[float]], ax=None,
     if not isinstance(ys, Mapping) or not ys:
         raise ValueError("ys must be a non-empty dict mapping a label to a sequence of "
                          "values")
+    C.flag(logx, "logx")
+    C.flag(logy, "logy")
     ax = _axes(ax, figsize=(5.0, 3.5))
     for name, y in ys.items():
-        yv = _np(y, f"ys[{name!r}]")
+        yv = _np(y, f"ys[{name!r}]", finite=False)  # NaN leaves a gap in a line
         if yv.shape != xs.shape:
             raise ValueError(f"ys[{name!r}] must have the shape of x {xs.shape}; "
                              f"got {yv.shape}")

@@ -1,5 +1,6 @@
-"""Where and at what scale a chapter runs: device, CPU-budget vs full (GPU) scale, Colab, seeds,
-timing, and ``show_source`` to print a library function inside the book."""
+"""Where and at what scale a chapter runs: device, CPU-budget vs full (GPU) scale,
+Colab, seeds, timing, and ``show_source`` to print a library function inside the
+book."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["device", "has_gpu", "in_colab", "full_scale", "gpu_cell", "seed_everything", "timer", "show_source"]
+from . import _checks as C
+
+__all__ = [
+    "device",
+    "has_gpu",
+    "in_colab",
+    "full_scale",
+    "gpu_cell",
+    "seed_everything",
+    "timer",
+    "show_source",
+]
 
 
 def has_gpu() -> bool:
@@ -32,8 +44,9 @@ def in_colab() -> bool:
 
 
 def full_scale() -> bool:
-    """Whether the full-scale (paper-sized) cells should run: yes with a GPU, unless the environment
-    variable ``DLIB_SCALE`` is ``cpu``; ``DLIB_SCALE=full`` forces them (slowly) on a CPU."""
+    """Whether the full-scale (paper-sized) cells should run: yes with a GPU, unless the
+    environment variable ``DLIB_SCALE`` is ``cpu``; ``DLIB_SCALE=full`` forces them
+    (slowly) on a CPU."""
     scale = os.environ.get("DLIB_SCALE", "").lower()
     if scale not in ("", "cpu", "full"):
         raise ValueError(f"DLIB_SCALE must be 'cpu', 'full' or unset; got {scale!r}")
@@ -43,22 +56,28 @@ def full_scale() -> bool:
 
 
 def gpu_cell(what: str) -> bool:
-    """Guard for a full-scale cell: returns True if it should run; otherwise prints what was
-    skipped and how to run it (wrapped to the page's 88 columns), and returns False."""
+    """Guard for a full-scale cell: returns True if it should run; otherwise prints what
+    was skipped and how to run it (wrapped to the page's 88 columns), and returns
+    False."""
     if not isinstance(what, str) or not what.strip():
         raise ValueError(f"what must be a non-empty description; got {what!r}")
     if full_scale():
         print(textwrap.fill(f"Full scale on {device()}: {what}", 88))
         return True
-    print(textwrap.fill(f"Skipped (no GPU here): {what}. To run it, open this chapter in "
-                        "Colab with a GPU runtime (or set DLIB_SCALE=full).", 88))
+    print(
+        textwrap.fill(
+            f"Skipped (no GPU here): {what}. To run it, open this chapter in "
+            "Colab with a GPU runtime (or set DLIB_SCALE=full).",
+            88,
+        )
+    )
     return False
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:
-    """Seed Python's and torch's generators and return a fresh ``torch.Generator`` seeded with ``seed``."""
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    """Seed Python's and torch's generators and return a fresh ``torch.Generator``
+    seeded with ``seed``."""
+    seed = C.seed(seed)
     random.seed(seed)
     torch.manual_seed(seed)
     try:
@@ -72,8 +91,12 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 
 @contextmanager
 def timer(label: str | None = None, out: dict | None = None):
-    """Context manager measuring wall time; prints ``label: 1.23 s`` if ``label`` is given and stores
-    the seconds in ``out["seconds"]`` if a dict is given."""
+    """Context manager measuring wall time; prints ``label: 1.23 s`` if ``label`` is
+    given and stores the seconds in ``out["seconds"]`` if a dict is given."""
+    if label is not None and not isinstance(label, str):
+        raise ValueError(f"label must be a string or None; got {label!r}")
+    if out is not None and not isinstance(out, dict):
+        raise ValueError(f"out must be a dict or None; got {type(out).__name__}")
     start = time.perf_counter()
     try:
         yield
@@ -86,12 +109,16 @@ def timer(label: str | None = None, out: dict | None = None):
 
 
 def show_source(obj, *, display: bool = True):
-    """Show the source code of a function or class of ``dlib`` as a highlighted Markdown code block
-    (in a notebook) and return the source text."""
+    """Show the source code of a function or class of ``dlib`` as a highlighted Markdown
+    code block (in a notebook) and return the source text."""
+    C.flag(display, "display")
     try:
         src = inspect.getsource(obj)
     except (TypeError, OSError) as exc:
-        raise ValueError(f"cannot show the source of {obj!r}: {exc}") from None
+        raise ValueError(
+            f"obj must be a function, class or module of Python source; cannot show "
+            f"the source of {obj!r}: {exc}"
+        ) from None
     if display:
         try:
             from IPython.display import Markdown

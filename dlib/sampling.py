@@ -73,6 +73,7 @@ def time_grid(
     still ``t_max``, so the first step also covers the clipped part. ``final_zero=True``
     appends t=0 (one extra, denoising, step)."""
     n = C.positive_int(n_steps, "n_steps")
+    C.flag(final_zero, "final_zero")
     t_max = C.scalar_time(t_max, "t_max")
     t_min = C.scalar_time(t_min, "t_min")
     if not t_min < t_max:
@@ -124,10 +125,10 @@ def _prepare(denoiser, x, ts) -> list[float]:
     schedule's coefficients at every grid time are computed here too (they are cached),
     so that the steps themselves only do tensor arithmetic on ``x``."""
     C.denoiser(denoiser)
-    C.batch(x, "x")
+    denoiser._check_x(x, "x")
     if torch.is_tensor(ts):
-        ts = ts.detach().to(device="cpu", dtype=torch.float64)
-    ts = C.as_time(ts, name="ts", dtype=torch.float64)
+        ts = ts.detach().cpu()
+    ts = C.as_time(ts, name="ts", dtype=torch.float64).to(torch.float64)
     if ts.dim() != 1 or ts.numel() < 2 or bool((ts[1:] >= ts[:-1]).any()):
         raise ValueError(
             "ts must be a strictly decreasing 1-D grid with at least 2 times"
@@ -138,13 +139,18 @@ def _prepare(denoiser, x, ts) -> list[float]:
     return ts
 
 
+def _progress(progress, n: int) -> bool:
+    """Whether to show a progress bar for ``n`` steps (see module)."""
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"progress must be True, False or None; got {progress!r}")
+    return n >= PROGRESS_MIN_STEPS if progress is None else progress
+
+
 def _steps(ts: list[float], progress, desc: str):
     """(i, t, s) for every step of the grid, with a progress bar when asked (see
     module)."""
-    if progress is not None and not isinstance(progress, bool):
-        raise ValueError(f"progress must be True, False or None; got {progress!r}")
     n = len(ts) - 1
-    show = n >= PROGRESS_MIN_STEPS if progress is None else progress
+    show = _progress(progress, n)
     steps = zip(range(n), ts[:-1], ts[1:])
     return tqdm(steps, total=n, desc=desc, leave=False) if show else steps
 
@@ -171,10 +177,11 @@ def sample_ancestral(
     progress: bool | None = None,
 ) -> torch.Tensor:
     r"""The DDPM/DDIM family:
-    $x_s=\alpha_s\hat x_0+\sqrt{\sigma_s^2-c^2}\,\hat\epsilon+c\,z$ with
-    $c^2=\eta^2\tilde\sigma^2_{s|t}$, the backward posterior's variance. ``eta=1``:
-    ancestral DDPM; ``eta=0``: DDIM (deterministic). ``clip_x0`` clips $\hat x_0$ to
-    $[-c_x, c_x]$ (and recomputes $\hat\epsilon$). NFE: one per step."""
+    $x_s=\alpha_s\hat x_0+\sqrt{\sigma_s^2-\nu_{s|t}^2}\,\hat\epsilon+\nu_{s|t}\,z$ with
+    $\nu_{s|t}=\eta\,\tilde\sigma_{s|t}$, where $\tilde\sigma^2_{s|t}$ is the backward
+    posterior's variance. ``eta=1``: ancestral DDPM; ``eta=0``: DDIM (deterministic).
+    ``clip_x0`` clips $\hat x_0$ to [-clip_x0, clip_x0] (and recomputes
+    $\hat\epsilon$). NFE: one per step."""
     ts = _prepare(denoiser, x, ts)
     eta = C.in_range(eta, "eta", 0.0, 1.0)
     if clip_x0 is not None:
@@ -378,6 +385,8 @@ def sample_ode(
     C.one_of(variable, ("auto", "t", "log_snr"), "variable")
     rtol, atol = C.positive(rtol, "rtol"), C.positive(atol, "atol")
     C.optional_function(callback, "callback", "callback(dict)")
+    C.generator(generator)
+    _progress(progress, 0)  # scipy's solver shows no bar; the argument is checked
     sch = denoiser.schedule
     ode_ts = ts[:-1] if ts[-1] == 0 else ts
     grid = torch.tensor(ode_ts, dtype=torch.float64)
@@ -458,11 +467,10 @@ def sample_langevin(
     n = C.positive_int(n_steps, "n_steps")
     C.generator(generator)
     C.optional_function(callback, "callback", "callback(dict)")
-    return _langevin(score_fn, x, tau, n, generator, callback, progress)
+    return _langevin(score_fn, x, tau, n, generator, callback, _progress(progress, n))
 
 
-def _langevin(score_fn, x, tau, n, generator, callback, progress=False):
-    show = n >= PROGRESS_MIN_STEPS if progress is None else bool(progress)
+def _langevin(score_fn, x, tau, n, generator, callback, show=False):
     for i in tqdm(range(n), desc="Langevin", leave=False, disable=not show):
         x = (
             x
@@ -492,7 +500,7 @@ def sample_annealed_langevin(
     time"), so ``ts`` must be positive. NFE: ``n_steps_each`` per level, plus one per
     level for the callback's ``"x0"`` when a callback is given."""
     C.denoiser(denoiser)
-    C.batch(x, "x")
+    denoiser._check_x(x, "x")
     ts = C.as_time(ts, name="ts", dtype=torch.float64)
     if (
         ts.dim() != 1
@@ -509,7 +517,7 @@ def sample_annealed_langevin(
     C.optional_function(callback, "callback", "callback(dict)")
     sig = denoiser.schedule.sigma(ts).tolist()
     levels = ts.tolist()
-    show = len(levels) * n_each >= PROGRESS_MIN_STEPS if progress is None else progress
+    show = _progress(progress, len(levels) * n_each)
     for i, t in enumerate(
         tqdm(levels, desc="annealed Langevin", leave=False, disable=not show)
     ):

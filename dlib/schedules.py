@@ -26,7 +26,15 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._checks import as_time, in_range, one_of, positive, positive_int, scalar_time
+from ._checks import (
+    as_time,
+    in_range,
+    one_of,
+    positive,
+    positive_int,
+    real_tensor,
+    scalar_time,
+)
 
 __all__ = [
     "Schedule",
@@ -151,18 +159,9 @@ class Schedule:
 
     def t_from_log_snr(self, lam) -> torch.Tensor:
         r"""Inverse of :meth:`log_snr`: the time $t$ with $\lambda_t = $ ``lam``."""
-        if not torch.is_tensor(lam):
-            try:
-                lam = torch.as_tensor(lam, dtype=torch.get_default_dtype())
-            except (TypeError, ValueError, RuntimeError):
-                raise ValueError(
-                    f"lam must be a number or a tensor of log-SNR values; got "
-                    f"{type(lam).__name__}"
-                ) from None
-        if not lam.is_floating_point():
-            lam = lam.to(torch.get_default_dtype())
+        lam = real_tensor(lam, "lam", dtype=None, check_finite=False)
         if bool(torch.isnan(lam).any()):
-            raise ValueError("log-SNR values must not be NaN")
+            raise ValueError("lam (log-SNR values) must not be NaN")
         lo, hi = self.log_snr_range()
         tol_lo, tol_hi = 1e-9 * max(1.0, abs(lo)), 1e-9 * max(1.0, abs(hi))
         if bool(((lam < lo - tol_lo) | (lam > hi + tol_hi)).any()):
@@ -343,12 +342,18 @@ class VPCosine(_VP):
     def _phi(self, t):
         return (t + self.s) / (1.0 + self.s) * (math.pi / 2)
 
+    # Computed in float64 whatever t's dtype: in float32, phi(1) rounds to just above
+    # pi/2, where cos and tan change sign (log alpha_1 = -inf, d log alpha/dt > 0).
     def _log_alpha(self, t):
+        if t.dtype != torch.float64:
+            return self._log_alpha(t.double()).to(t.dtype)
         cos = torch.cos(self._phi(t)).clamp_min(1e-300)
         la = torch.log(cos) - math.log(math.cos(self._phi(0.0)))
         return la.clamp_max(0.0)  # exactly 0 at t=0 despite rounding
 
     def _d_log_alpha(self, t):
+        if t.dtype != torch.float64:
+            return self._d_log_alpha(t.double()).to(t.dtype)
         return -torch.tan(self._phi(t)) * (math.pi / 2) / (1.0 + self.s)
 
     def _t_from_log_alpha(self, a):
@@ -468,19 +473,15 @@ class DiscreteVP(_VP):
     name = "discrete_vp"
 
     def __init__(self, betas: torch.Tensor):
-        try:
-            betas = torch.as_tensor(betas, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(
-                f"betas must be a 1-D tensor of numbers; got {type(betas).__name__}"
-            ) from None
+        betas = real_tensor(betas, "betas", check_finite=False)
         if betas.dim() != 1 or betas.numel() < 1:
             raise ValueError(
                 f"betas must be a non-empty 1-D tensor; got shape {tuple(betas.shape)}"
             )
         if not bool(((betas > 0) & (betas < 1)).all()):
+            bad = betas[~((betas > 0) & (betas < 1))][:3].tolist()
             raise ValueError(
-                "every beta must lie strictly between 0 and 1 (and be finite)"
+                f"betas must lie strictly between 0 and 1; got values such as {bad}"
             )
         self.betas = betas
         self.T = betas.numel()

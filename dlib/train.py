@@ -40,7 +40,10 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ._checks import flag as _flag
 from ._checks import function, in_range, positive, positive_int
+from ._checks import path as _path
+from ._checks import seed as _seed
 from .data import batches
 
 __all__ = [
@@ -87,9 +90,19 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Move the averaged parameters towards those of ``model``; copy its buffers."""
+        """Move the averaged parameters towards those of ``model``; copy its buffers.
+        ``model`` must have the averaged model's parameters (same shapes and order)."""
+        _module(model)
+        mine, theirs = list(self.model.parameters()), list(model.parameters())
+        if len(mine) != len(theirs) or any(
+            a.shape != p.shape for a, p in zip(mine, theirs)
+        ):
+            raise ValueError(
+                "model must have the parameters of the model this EMA averages (same "
+                f"shapes, same order); got {len(theirs)} tensors for {len(mine)}"
+            )
         d = self.current_decay()
-        for avg, p in zip(self.model.parameters(), model.parameters()):
+        for avg, p in zip(mine, theirs):
             avg.mul_(d).add_(p.detach(), alpha=1.0 - d)
         for avg, b in zip(self.model.buffers(), model.buffers()):
             avg.copy_(b)
@@ -118,7 +131,13 @@ class EMA:
         num_updates = positive_int(
             state.get("num_updates", 0), "state['num_updates']", minimum=0
         )
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except (RuntimeError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(
+                "state['model'] does not fit the averaged model: "
+                f"{(str(exc).splitlines() or [''])[0]}"
+            ) from None
         self.decay, self.warmup, self.num_updates = decay, warmup, num_updates
 
 
@@ -173,12 +192,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # unpickling fails in many ways on a foreign file
         raise ValueError(
-            f"{path!r} is not a checkpoint saved by dlib.train "
+            f"path {path!r} is not a checkpoint saved by dlib.train "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from None
     if not isinstance(state, dict):
         raise ValueError(
-            f"{path!r} is not a checkpoint saved by dlib.train (it holds a "
+            f"path {path!r} is not a checkpoint saved by dlib.train (it holds a "
             f"{type(state).__name__}, not a dict)"
         )
     return state
@@ -210,21 +229,6 @@ def init_distributed() -> tuple[int, int]:
     else:
         dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
-
-
-def _flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
-    return value
-
-
-def _path(value, name: str) -> str:
-    if not isinstance(value, (str, os.PathLike)):
-        raise ValueError(
-            f"{name} must be a file path (str or os.PathLike); got "
-            f"{type(value).__name__}"
-        )
-    return os.fspath(value)
 
 
 def _has_nonfinite(batch) -> bool:
@@ -321,7 +325,7 @@ def train(
     steps = positive_int(steps, "steps")
     batch_size = positive_int(batch_size, "batch_size")
     lr = positive(lr, "lr")
-    seed = positive_int(seed, "seed", minimum=0)
+    seed = _seed(seed)
     if grad_clip is not None:
         grad_clip = positive(grad_clip, "grad_clip")
     warmup_steps = positive_int(warmup_steps, "warmup_steps", minimum=0)

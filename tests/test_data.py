@@ -39,11 +39,11 @@ def test_swiss_roll_scale():
 def test_toy_bad_inputs():
     with pytest.raises(ValueError, match="unknown toy data set 'spiral'"):
         data.toy_2d("spiral", 10)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         data.two_moons(0)
     with pytest.raises(ValueError, match="noise must be"):
         data.swiss_roll(10, noise=-1)
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         data.checkerboard(2.5)
 
 
@@ -51,12 +51,20 @@ def test_digits_split():
     xtr, ytr = data.digits("train", seed=0)
     xte, yte = data.digits("test", seed=0)
     xall, yall = data.digits("all")
-    assert xall.shape == (1797, 64) and xall.dtype == torch.float32 and yall.dtype == torch.int64
+    assert (
+        xall.shape == (1797, 64)
+        and xall.dtype == torch.float32
+        and yall.dtype == torch.int64
+    )
     assert len(xtr) + len(xte) == 1797 and len(xte) == round(0.2 * 1797)
     assert xall.min() == -1 and xall.max() == 1
     assert set(yall.tolist()) == set(range(10))
-    # train and test partition the data set: together they are exactly "all" (as a multiset)
-    rows = lambda x, y: sorted(tuple(r) + (l,) for r, l in zip(x.tolist(), y.tolist()))
+
+    # train and test partition the data set: together they are exactly "all" (as a
+    # multiset)
+    def rows(x, y):
+        return sorted(tuple(r) + (lab,) for r, lab in zip(x.tolist(), y.tolist()))
+
     assert rows(torch.cat([xtr, xte]), torch.cat([ytr, yte])) == rows(xall, yall)
     assert torch.equal(data.digits("train", seed=0)[0], xtr)
     assert not torch.equal(data.digits("test", seed=1)[0], xte)
@@ -87,7 +95,7 @@ def test_batches():
     b1 = [next(it1) for _ in range(5)]
     assert all(b.shape == (4,) for b in b1)
     assert all(torch.equal(a, next(it2)) for a in b1)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         data.batches(d, 0, None)
     with pytest.raises(ValueError, match="non-empty tensor"):
         data.batches(torch.zeros(0, 2), 2, None)
@@ -115,7 +123,12 @@ def test_gaussian_ring_matches_the_analytic_model():
     assert x.dtype == torch.float32 and x.shape == (20000, 2)
     assert torch.equal(x, _data.gaussian_ring(20000, seed=3))
     assert (x.norm(dim=1).mean() - 4.0).abs() < 0.05
-    # mean log-density under the exact model is the model's entropy (up to Monte-Carlo error)
+    # mean log-density under the exact model is the model's entropy (up to Monte-Carlo
+    # error)
     ll = _analytic.ring().log_prob(x.double()).mean()
-    ref = _analytic.ring().log_prob(_analytic.ring().sample(20000, torch.Generator().manual_seed(4))).mean()
+    ref = (
+        _analytic.ring()
+        .log_prob(_analytic.ring().sample(20000, torch.Generator().manual_seed(4)))
+        .mean()
+    )
     assert abs(ll - ref) < 0.05

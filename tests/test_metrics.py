@@ -24,18 +24,28 @@ def test_mmd_and_energy_distance(gen):
     z = torch.randn(2000, 2, generator=gen) + 1.0
     assert abs(metrics.mmd(x, y)) < 5e-3 < metrics.mmd(x, z)
     assert abs(metrics.energy_distance(x, y)) < 5e-3 < metrics.energy_distance(x, z)
-    # energy distance of two 1-D Gaussians shifted by d: 2E|d+Z sqrt2| - 2E|Z sqrt2| (closed form)
+    # energy distance of two 1-D Gaussians shifted by d: 2E|d+Z sqrt2| - 2E|Z sqrt2|
+    # (closed form)
     a = torch.randn(6000, 1, generator=gen, dtype=F64)
     b = torch.randn(6000, 1, generator=gen, dtype=F64) + 1.0
     s = math.sqrt(2)
-    e_abs = lambda mu: s * math.sqrt(2 / math.pi) * math.exp(-mu**2 / (2 * s * s)) + mu * math.erf(mu / (s * math.sqrt(2)))  # noqa: E731
-    assert metrics.energy_distance(a, b) == pytest.approx(2 * e_abs(1.0) - 2 * e_abs(0.0), abs=0.02)
+
+    def e_abs(mu):
+        return s * math.sqrt(2 / math.pi) * math.exp(-(mu**2) / (2 * s * s)) + (
+            mu * math.erf(mu / (s * math.sqrt(2)))
+        )
+
+    assert metrics.energy_distance(a, b) == pytest.approx(
+        2 * e_abs(1.0) - 2 * e_abs(0.0), abs=0.02
+    )
 
 
 def test_log_likelihood(gen):
     gmm = analytic.ring()
     x = gmm.sample(1000, gen)
-    assert metrics.log_likelihood(gmm, x) == pytest.approx(gmm.log_prob(x).mean().item())
+    assert metrics.log_likelihood(gmm, x) == pytest.approx(
+        gmm.log_prob(x).mean().item()
+    )
     with pytest.raises(ValueError, match="log_prob"):
         metrics.log_likelihood(object(), x)
 
@@ -48,28 +58,74 @@ def test_pf_ode_log_likelihood_matches_exact(divergence, gen):
     t_min = 1e-2
     exact = gmm.log_prob(x, t_min, sch)
     prior = lambda z: gmm.log_prob(z, 1.0, sch)  # noqa: E731
-    est = metrics.pf_ode_log_likelihood(gmm.denoiser(sch), x, t_min=t_min, prior_log_prob=prior,
-                                        divergence=divergence, n_probes=64, generator=gen, rtol=1e-8, atol=1e-8)
+    est = metrics.pf_ode_log_likelihood(
+        gmm.denoiser(sch),
+        x,
+        t_min=t_min,
+        prior_log_prob=prior,
+        divergence=divergence,
+        n_probes=64,
+        generator=gen,
+        rtol=1e-8,
+        atol=1e-8,
+    )
     if divergence == "exact":
         assert (est - exact).abs().max().item() < 1e-4
-    else:  # unbiased but noisy: small on average, and its mean error within 4 standard errors
+    else:
+        # unbiased but noisy: small on average, and its mean error within 4 standard
+        # errors
         err = est - exact
         assert err.abs().mean().item() < 0.2
         assert err.mean().abs().item() < 4 * err.std().item() / 8
-    # with the default standard-normal prior the error is only the tiny prior mismatch at t=1 (VP)
+    # with the default standard-normal prior the error is only the tiny prior mismatch
+    # at t=1 (VP)
     est2 = metrics.pf_ode_log_likelihood(gmm.denoiser(sch), x[:8], t_min=t_min)
     assert (est2 - exact[:8]).abs().max().item() < 0.05
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: metrics.sliced_wasserstein(torch.zeros(10, 2), torch.zeros(10, 3)), r"\(N, D\) and \(M, D\)"),
-    (lambda: metrics.sliced_wasserstein(torch.zeros(10, 2), torch.zeros(10, 2), n_projections=0), "positive integer"),
-    (lambda: metrics.mmd(torch.zeros(10, 2), torch.zeros(10, 2), bandwidths=(0.0,)), "bandwidth must be"),
-    (lambda: metrics.energy_distance(torch.zeros(1, 2), torch.zeros(10, 2)), "N, M >= 2"),
-    (lambda: metrics.pf_ode_log_likelihood(analytic.ring().denoiser(S.VPLinear()), torch.zeros(2, 2), divergence="trace"), "unknown divergence"),
-    (lambda: metrics.pf_ode_log_likelihood(analytic.ring().denoiser(S.VPLinear()), torch.zeros(2, 2), t_min=0.0), "0 < t_min < t_max"),
-    (lambda: metrics.pf_ode_log_likelihood(lambda x, t: x, torch.zeros(2, 2)), "Denoiser"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: metrics.sliced_wasserstein(torch.zeros(10, 2), torch.zeros(10, 3)),
+            r"\(N, D\) and \(M, D\)",
+        ),
+        (
+            lambda: metrics.sliced_wasserstein(
+                torch.zeros(10, 2), torch.zeros(10, 2), n_projections=0
+            ),
+            "n_projections must be an integer >= 1",
+        ),
+        (
+            lambda: metrics.mmd(
+                torch.zeros(10, 2), torch.zeros(10, 2), bandwidths=(0.0,)
+            ),
+            "bandwidths must be",
+        ),
+        (
+            lambda: metrics.energy_distance(torch.zeros(1, 2), torch.zeros(10, 2)),
+            "N, M >= 2",
+        ),
+        (
+            lambda: metrics.pf_ode_log_likelihood(
+                analytic.ring().denoiser(S.VPLinear()),
+                torch.zeros(2, 2),
+                divergence="trace",
+            ),
+            "unknown divergence",
+        ),
+        (
+            lambda: metrics.pf_ode_log_likelihood(
+                analytic.ring().denoiser(S.VPLinear()), torch.zeros(2, 2), t_min=0.0
+            ),
+            "0 < t_min < t_max",
+        ),
+        (
+            lambda: metrics.pf_ode_log_likelihood(lambda x, t: x, torch.zeros(2, 2)),
+            "Denoiser",
+        ),
+    ],
+)
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()

@@ -4,7 +4,13 @@ import torch
 from dlib import analytic, param, schedules as S
 
 F64 = torch.float64
-SCHEDS = [S.VPLinear(), S.VPCosine(), S.VE(0.01, 20.0), S.LinearInterpolant(), S.get_schedule("ddpm_linear")]
+SCHEDS = [
+    S.VPLinear(),
+    S.VPCosine(),
+    S.VE(0.01, 20.0),
+    S.LinearInterpolant(),
+    S.get_schedule("ddpm_linear"),
+]
 
 
 @pytest.mark.parametrize("sch", SCHEDS, ids=lambda s: s.name)
@@ -15,9 +21,13 @@ def test_round_trips_between_all_kinds(sch, src, gen):
     pred = torch.randn(64, 3, generator=gen, dtype=F64)
     x0, eps = param.to_x0_eps(pred, src, x, t, sch)
     # the pair is consistent with x = alpha x0 + sigma eps
-    torch.testing.assert_close(sch.alpha(t)[:, None] * x0 + sch.sigma(t)[:, None] * eps, x)
+    torch.testing.assert_close(
+        sch.alpha(t)[:, None] * x0 + sch.sigma(t)[:, None] * eps, x
+    )
     for dst in param.KINDS:
-        back = param.convert(param.convert(pred, src, dst, x, t, sch), dst, src, x, t, sch)
+        back = param.convert(
+            param.convert(pred, src, dst, x, t, sch), dst, src, x, t, sch
+        )
         torch.testing.assert_close(back, pred, rtol=1e-9, atol=1e-9)
 
 
@@ -30,8 +40,10 @@ def test_targets_are_the_conversions_of_the_true_pair(sch, gen):
     xt = a * x0 + s * eps
     torch.testing.assert_close(param.target("v", x0, eps, t, sch), a * eps - s * x0)
     torch.testing.assert_close(param.target("score", x0, eps, t, sch), -eps / s)
-    torch.testing.assert_close(param.target("velocity", x0, eps, t, sch),
-                               sch.d_alpha(t)[:, None] * x0 + sch.d_sigma(t)[:, None] * eps)
+    torch.testing.assert_close(
+        param.target("velocity", x0, eps, t, sch),
+        sch.d_alpha(t)[:, None] * x0 + sch.d_sigma(t)[:, None] * eps,
+    )
     for k in param.KINDS:
         y = param.target(k, x0, eps, t, sch)
         torch.testing.assert_close(param.to_x0_eps(y, k, xt, t, sch)[0], x0)
@@ -43,7 +55,13 @@ def test_velocity_is_time_derivative_of_path(gen):
     eps = torch.randn(8, 2, generator=gen, dtype=F64)
     t = torch.full((8,), 0.4, dtype=F64, requires_grad=True)
     xt = sch.alpha(t)[:, None] * x0 + sch.sigma(t)[:, None] * eps
-    d = torch.stack([torch.autograd.grad(xt[:, j].sum(), t, retain_graph=True)[0] for j in range(2)], 1)
+    d = torch.stack(
+        [
+            torch.autograd.grad(xt[:, j].sum(), t, retain_graph=True)[0]
+            for j in range(2)
+        ],
+        1,
+    )
     torch.testing.assert_close(d, param.target("velocity", x0, eps, t.detach(), sch))
 
 
@@ -54,7 +72,9 @@ def test_denoiser_views_and_nfe(gen):
     net = param.Denoiser(lambda x, t: gmm.predict(x, t, sch, "x0"), sch, "x0")
     x = torch.randn(16, 2, generator=gen, dtype=F64) * 3
     for kind in param.KINDS:
-        torch.testing.assert_close(net.predict(x, 0.5, kind), oracle.predict(x, 0.5, kind))
+        torch.testing.assert_close(
+            net.predict(x, 0.5, kind), oracle.predict(x, 0.5, kind)
+        )
     torch.testing.assert_close(net.score(x, 0.5), gmm.score(x, 0.5, sch))
     torch.testing.assert_close(net.velocity(x, 0.5), oracle.velocity(x, 0.5))
     torch.testing.assert_close(net.v(x, 0.5), oracle.v(x, 0.5))
@@ -66,29 +86,74 @@ def test_denoiser_views_and_nfe(gen):
     assert "x0" in repr(net) and "AnalyticDenoiser" in repr(oracle)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: param.convert(torch.zeros(2, 2), "eps", "noise", torch.zeros(2, 2), 0.5, S.VPLinear()), "unknown prediction kind 'noise'"),
-    (lambda: param.to_x0_eps(torch.zeros(2, 3), "eps", torch.zeros(2, 2), 0.5, S.VPLinear()), "pred must have the shape of x"),
-    (lambda: param.to_x0_eps(torch.zeros(2, 2), "eps", torch.zeros(2, 2), torch.ones(3) / 2, S.VPLinear()), r"shape \(2,\)"),
-    (lambda: param.target("eps", torch.zeros(2, 2), torch.zeros(2, 3), 0.5, S.VPLinear()), "eps must have the shape of x0"),
-    (lambda: param.Denoiser(lambda x, t: x, "vp", "eps"), "must be a dlib.schedules.Schedule"),
-    (lambda: param.Denoiser(3, S.VPLinear(), "eps"), "callable"),
-    (lambda: param.Denoiser(lambda x, t: x, S.VPLinear(), "epsilon"), "unknown prediction kind"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: param.convert(
+                torch.zeros(2, 2), "eps", "noise", torch.zeros(2, 2), 0.5, S.VPLinear()
+            ),
+            "unknown prediction kind 'noise'",
+        ),
+        (
+            lambda: param.to_x0_eps(
+                torch.zeros(2, 3), "eps", torch.zeros(2, 2), 0.5, S.VPLinear()
+            ),
+            "pred must have the shape of x",
+        ),
+        (
+            lambda: param.to_x0_eps(
+                torch.zeros(2, 2),
+                "eps",
+                torch.zeros(2, 2),
+                torch.ones(3) / 2,
+                S.VPLinear(),
+            ),
+            r"shape \(2,\)",
+        ),
+        (
+            lambda: param.target(
+                "eps", torch.zeros(2, 2), torch.zeros(2, 3), 0.5, S.VPLinear()
+            ),
+            "eps must have the shape of x0",
+        ),
+        (
+            lambda: param.Denoiser(lambda x, t: x, "vp", "eps"),
+            "must be a dlib.schedules.Schedule",
+        ),
+        (lambda: param.Denoiser(3, S.VPLinear(), "eps"), "callable"),
+        (
+            lambda: param.Denoiser(lambda x, t: x, S.VPLinear(), "epsilon"),
+            "unknown prediction kind",
+        ),
+    ],
+)
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
 
 
-@pytest.mark.parametrize("old, new", [(S.VPLinear(), S.LinearInterpolant()), (S.LinearInterpolant(), S.VPCosine()),
-                                      (S.VE(0.01, 50.0), S.VPLinear())], ids=["vp->linear", "linear->cosine", "ve->vp"])
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        (S.VPLinear(), S.LinearInterpolant()),
+        (S.LinearInterpolant(), S.VPCosine()),
+        (S.VE(0.01, 50.0), S.VPLinear()),
+    ],
+    ids=["vp->linear", "linear->cosine", "ve->vp"],
+)
 def test_change_schedule_matches_the_new_schedules_oracle(old, new, gen):
     gmm = analytic.ring()
     moved = param.change_schedule(gmm.denoiser(old), new)
     x = torch.randn(64, 2, generator=gen, dtype=F64) * 3
     for tau in (0.2, 0.5, 0.8):  # times whose log-SNR both schedules reach
         for kind in param.KINDS:
-            torch.testing.assert_close(moved.predict(x, tau, kind), gmm.predict(x, tau, new, kind), rtol=1e-7, atol=1e-7)
+            torch.testing.assert_close(
+                moved.predict(x, tau, kind),
+                gmm.predict(x, tau, new, kind),
+                rtol=1e-7,
+                atol=1e-7,
+            )
     assert moved.nfe == 15 and "change_schedule" in repr(moved)
     with pytest.raises(ValueError, match="Denoiser"):
         param.change_schedule(lambda x, t: x, new)
@@ -99,13 +164,20 @@ def test_change_schedule_matches_the_new_schedules_oracle(old, new, gen):
 def test_linear_path_velocity_is_finite_at_the_ends():
     lin = S.LinearInterpolant()
     t = torch.tensor([0.0, 1.0], dtype=F64)
-    assert lin.d_alpha(t).tolist() == [-1.0, -1.0] and lin.d_sigma(t).tolist() == [1.0, 1.0]
+    assert lin.d_alpha(t).tolist() == [-1.0, -1.0] and lin.d_sigma(t).tolist() == [
+        1.0,
+        1.0,
+    ]
     oracle = analytic.ring().denoiser(lin)
-    assert torch.isfinite(param.target("velocity", torch.ones(2, 2, dtype=F64), torch.ones(2, 2, dtype=F64), t, lin)).all()
+    assert torch.isfinite(
+        param.target(
+            "velocity", torch.ones(2, 2, dtype=F64), torch.ones(2, 2, dtype=F64), t, lin
+        )
+    ).all()
     assert torch.isfinite(oracle.velocity(torch.zeros(2, 2, dtype=F64), 0.999)).all()
 
 
-# --- singular conversions at the end points: a clear error, never NaN ------------------
+# --- singular conversions at the end points: a clear error, never NaN -----------------
 def test_velocity_of_a_vp_schedule_at_t0_is_a_clear_error():
     x = torch.randn(4, 2, dtype=torch.float64)
     oracle = analytic.Gaussian(torch.zeros(2), 1.0).denoiser(S.VPLinear())
@@ -117,7 +189,9 @@ def test_velocity_of_a_vp_schedule_at_t0_is_a_clear_error():
     assert torch.isfinite(oracle.velocity(x, 1e-6)).all()
     lin = analytic.Gaussian(torch.zeros(2), 1.0).denoiser(S.LinearInterpolant())
     assert torch.isfinite(lin.velocity(x, 0.0)).all()
-    assert torch.isfinite(param.target("velocity", x, x, 0.0, S.LinearInterpolant())).all()
+    assert torch.isfinite(
+        param.target("velocity", x, x, 0.0, S.LinearInterpolant())
+    ).all()
 
 
 def test_singular_conversions_say_why():

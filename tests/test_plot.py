@@ -98,6 +98,16 @@ def test_line():
         plot.line([1, 2], {})
 
 
+def test_image_grid_rejects_booleans_and_nan():
+    for bad in (torch.zeros(2, 1, 4, 4) > 0, np.zeros((2, 16), dtype=bool)):
+        with pytest.raises(ValueError, match="images must hold"):
+            plot.image_grid(bad)
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="images contain NaN or inf"):
+            plot.image_grid(torch.zeros(2, 1, 4, 4).index_fill(0, torch.tensor([1]),
+                                                               value))
+
+
 def test_image_grid_rejects_equal_limits():
     with pytest.raises(ValueError, match="vmin < vmax"):
         plot.image_grid(torch.zeros(2, 1, 4, 4), vmin=1, vmax=1)
@@ -190,3 +200,23 @@ def test_helpers_make_legible_figures_that_fit_the_column():
             width_px = (fig.get_tightbbox().width + 0.2) * fig.dpi
             assert width_px <= plot.COLUMN_PX + 1
             assert plot.check_legible(fig) == []
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: plot.samples_2d(torch.zeros(3, 2), ax="ax"), "ax must be a matplotlib"),
+    (lambda: plot.samples_2d(torch.full((3, 2), float("nan"))), "x contains NaN"),
+    (lambda: plot.samples_2d(torch.zeros(0, 2)), "N >= 1"),
+    (lambda: plot.samples_2d(torch.zeros(3, 2), density=3), "density must be callable"),
+    (lambda: plot.samples_2d(torch.zeros(3, 2), s=-1.0), "s must be a positive"),
+    (lambda: plot.density_contours(lambda p: -p.pow(2).sum(1), 2, levels=0), "levels"),
+    (lambda: plot.density_contours(lambda p: -p.pow(2).sum(1), 2, filled="yes"),
+     "filled must be True or False"),
+    (lambda: plot.trajectories(torch.full((4, 6, 2), float("inf"))), "traj contains"),
+    (lambda: plot.vector_field(lambda p: p, 2, normalize="yes"), "normalize must be"),
+    (lambda: plot.line([1, float("nan"), 3], {"a": [1, 2, 3]}), "x contains NaN"),
+    (lambda: plot.line([1, 2, 3], {"a": [1, 2, 3]}, logy="yes"), "logy must be"),
+])
+def test_more_bad_inputs_name_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+    plt.close("all")

@@ -37,7 +37,7 @@ def test_seed_and_timer(capsys):
     a = torch.randn(3, generator=g)
     b = torch.randn(3, generator=runtime.seed_everything(3))
     assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="non-negative integer"):
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         runtime.seed_everything(-1)
     out = {}
     with runtime.timer("nap", out):

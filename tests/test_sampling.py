@@ -8,7 +8,8 @@ MU, VAR = torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.5, 2.0], dtype=F
 
 
 def gaussian_flow(x, t, s, sch):
-    """Exact PF-ODE map of N(MU, diag VAR) data from time t to time s (linear for Gaussians)."""
+    """Exact PF-ODE map of N(MU, diag VAR) data from time t to time s (linear for
+    Gaussians)."""
     t, s = torch.tensor(t, dtype=F64), torch.tensor(s, dtype=F64)
     vt = sch.alpha(t) ** 2 * VAR + sch.sigma(t) ** 2
     vs = sch.alpha(s) ** 2 * VAR + sch.sigma(s) ** 2
@@ -25,12 +26,19 @@ def setup():
 
 def test_time_grid():
     ts = sampling.time_grid(10)
-    assert ts.shape == (11,) and ts[0] == 1.0 and ts[-1] == 1e-3 and (ts[1:] < ts[:-1]).all()
+    assert (
+        ts.shape == (11,)
+        and ts[0] == 1.0
+        and ts[-1] == 1e-3
+        and (ts[1:] < ts[:-1]).all()
+    )
     q = sampling.time_grid(10, spacing="quadratic")
     assert q[-2] - q[-1] < ts[-2] - ts[-1]
     lam_ts = sampling.time_grid(8, spacing="log_snr", schedule=S.VPLinear())
     lam = S.VPLinear().log_snr(lam_ts)
-    torch.testing.assert_close(lam.diff(), lam.diff()[0].expand(8), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(
+        lam.diff(), lam.diff()[0].expand(8), rtol=1e-8, atol=1e-8
+    )
     z = sampling.time_grid(5, final_zero=True)
     assert z.shape == (7,) and z[-1] == 0
 
@@ -39,9 +47,15 @@ def test_reference_ode_matches_closed_form(setup):
     sch, g, x1 = setup
     ts = torch.tensor([1.0, 0.5, 1e-3], dtype=F64)
     traj = []
-    out = sampling.sample_ode(g.denoiser(sch), x1[:200], ts, callback=lambda d: traj.append(d["x"]))
-    torch.testing.assert_close(out, gaussian_flow(x1[:200], 1.0, 1e-3, sch), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(traj[0], gaussian_flow(x1[:200], 1.0, 0.5, sch), rtol=1e-6, atol=1e-6)
+    out = sampling.sample_ode(
+        g.denoiser(sch), x1[:200], ts, callback=lambda d: traj.append(d["x"])
+    )
+    torch.testing.assert_close(
+        out, gaussian_flow(x1[:200], 1.0, 1e-3, sch), rtol=1e-6, atol=1e-6
+    )
+    torch.testing.assert_close(
+        traj[0], gaussian_flow(x1[:200], 1.0, 0.5, sch), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_euler_and_heun_converge_with_their_orders(setup):
@@ -50,7 +64,13 @@ def test_euler_and_heun_converge_with_their_orders(setup):
     exact = gaussian_flow(x1[:200], 1.0, 0.05, sch)
     errs = {}
     for name, fn in [("euler", sampling.sample_euler), ("heun", sampling.sample_heun)]:
-        errs[name] = [(fn(oracle, x1[:200], sampling.time_grid(n, 1.0, 0.05)) - exact).abs().max().item() for n in (20, 40, 80)]
+        errs[name] = [
+            (fn(oracle, x1[:200], sampling.time_grid(n, 1.0, 0.05)) - exact)
+            .abs()
+            .max()
+            .item()
+            for n in (20, 40, 80)
+        ]
     r_euler = errs["euler"][1] / errs["euler"][2]
     r_heun = errs["heun"][1] / errs["heun"][2]
     assert 1.7 < r_euler < 2.3, errs
@@ -62,9 +82,15 @@ def test_euler_and_heun_converge_with_their_orders(setup):
 def test_ancestral_family_gives_the_data_law(setup, eta):
     sch, g, x1 = setup
     x = torch.randn(20000, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
-    # (with few steps, eta=1 loses a little variance: each step uses the mean x0_hat, not a sample)
-    out = sampling.sample_ancestral(g.denoiser(sch), x, sampling.time_grid(1000, final_zero=True), eta=eta,
-                                    generator=torch.Generator().manual_seed(2))
+    # (with few steps, eta=1 loses a little variance: each step uses the mean x0_hat,
+    # not a sample)
+    out = sampling.sample_ancestral(
+        g.denoiser(sch),
+        x,
+        sampling.time_grid(1000, final_zero=True),
+        eta=eta,
+        generator=torch.Generator().manual_seed(2),
+    )
     torch.testing.assert_close(out.mean(0), MU, atol=0.05, rtol=0)
     torch.testing.assert_close(out.var(0), VAR, atol=0, rtol=0.05)
 
@@ -73,8 +99,18 @@ def test_ddim_is_first_order_exponential_integrator(setup):
     # DDIM (eta=0) converges to the exact PF-ODE solution as the grid is refined
     sch, g, x1 = setup
     exact = gaussian_flow(x1[:100], 1.0, 0.05, sch)
-    e = [(sampling.sample_ancestral(g.denoiser(sch), x1[:100], sampling.time_grid(n, 1.0, 0.05), eta=0.0) - exact).abs().max().item()
-         for n in (10, 20, 40)]
+    e = [
+        (
+            sampling.sample_ancestral(
+                g.denoiser(sch), x1[:100], sampling.time_grid(n, 1.0, 0.05), eta=0.0
+            )
+            - exact
+        )
+        .abs()
+        .max()
+        .item()
+        for n in (10, 20, 40)
+    ]
     assert e[0] > e[1] > e[2] and e[1] / e[2] > 1.6
 
 
@@ -83,27 +119,43 @@ def test_euler_maruyama_family(setup):
     x = torch.randn(20000, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     ts = sampling.time_grid(500, final_zero=True)
     for zeta in (1.0, 0.5):
-        out = sampling.sample_euler_maruyama(g.denoiser(sch), x, ts, zeta=zeta, generator=torch.Generator().manual_seed(3))
+        out = sampling.sample_euler_maruyama(
+            g.denoiser(sch),
+            x,
+            ts,
+            zeta=zeta,
+            generator=torch.Generator().manual_seed(3),
+        )
         torch.testing.assert_close(out.mean(0), MU, atol=0.05, rtol=0)
         torch.testing.assert_close(out.var(0), VAR, atol=0, rtol=0.06)
     # eta = 0 is Euler on the PF-ODE
     ts = sampling.time_grid(30, 1.0, 0.05)
-    torch.testing.assert_close(sampling.sample_euler_maruyama(g.denoiser(sch), x[:50], ts, zeta=0.0),
-                               sampling.sample_euler(g.denoiser(sch), x[:50], ts))
+    torch.testing.assert_close(
+        sampling.sample_euler_maruyama(g.denoiser(sch), x[:50], ts, zeta=0.0),
+        sampling.sample_euler(g.denoiser(sch), x[:50], ts),
+    )
 
 
 def test_langevin_samplers(setup):
     _, g, _ = setup
     x = torch.zeros(5000, 2, dtype=F64)
-    out = sampling.sample_langevin(lambda y: g.score(y), x, 0.01, 1500, generator=torch.Generator().manual_seed(0))
+    out = sampling.sample_langevin(
+        lambda y: g.score(y), x, 0.01, 1500, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(out.mean(0), MU, atol=0.08, rtol=0)
     torch.testing.assert_close(out.var(0), VAR, atol=0, rtol=0.1)
     ve = S.VE(0.01, 10.0)
     ts = torch.linspace(0.9, 1 / 3, 8, dtype=F64)  # sigma from 5 down to 0.1
     levels = []
-    out = sampling.sample_annealed_langevin(g.denoiser(ve), torch.randn(5000, 2, dtype=F64) * 10, ts, n_steps_each=200,
-                                            step_scale=0.005, generator=torch.Generator().manual_seed(0),
-                                            callback=lambda d: levels.append(d["t"]))
+    out = sampling.sample_annealed_langevin(
+        g.denoiser(ve),
+        torch.randn(5000, 2, dtype=F64) * 10,
+        ts,
+        n_steps_each=200,
+        step_scale=0.005,
+        generator=torch.Generator().manual_seed(0),
+        callback=lambda d: levels.append(d["t"]),
+    )
     assert len(levels) == 8
     sig2 = ve.sigma(ts[-1]) ** 2
     torch.testing.assert_close(out.mean(0), MU, atol=0.1, rtol=0)
@@ -116,7 +168,9 @@ def test_callbacks_nfe_and_final_denoise(setup):
     ts = sampling.time_grid(4, final_zero=True)
     seen = []
     oracle.nfe = 0
-    out = sampling.sample_heun(oracle, x1[:10], ts, callback=lambda d: seen.append((d["i"], d["t_next"])))
+    out = sampling.sample_heun(
+        oracle, x1[:10], ts, callback=lambda d: seen.append((d["i"], d["t_next"]))
+    )
     assert [s[1] for s in seen][-1] == 0.0 and len(seen) == 5
     assert oracle.nfe == 4 * 2 + 1
     # last step returns the denoised estimate: for a Gaussian x0_hat is affine in x
@@ -125,37 +179,87 @@ def test_callbacks_nfe_and_final_denoise(setup):
     assert out_ode.shape == (10, 2)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda d, x: sampling.sample_euler(d, x, torch.tensor([0.1, 0.5])), "strictly decreasing"),
-    (lambda d, x: sampling.sample_euler(d, x, torch.tensor([1.5, 0.5])), "must lie in"),
-    (lambda d, x: sampling.sample_euler(lambda y, t: y, x, torch.tensor([1.0, 0.5])), "must be a dlib.param.Denoiser"),
-    (lambda d, x: sampling.sample_euler(d, x[0], torch.tensor([1.0, 0.5])), r"shape \(B, ...\)"),
-    (lambda d, x: sampling.sample_ancestral(d, x, torch.tensor([1.0, 0.5]), eta=2.0), r"eta must be a number in \[0.0, 1.0\]"),
-    (lambda d, x: sampling.sample_euler_maruyama(d, x, torch.tensor([1.0, 0.5]), zeta=-1.0), "zeta must be a number in"),
-    (lambda d, x: sampling.sample_ode(d, x, torch.tensor([1.0, 0.5]), method="euler"), "unknown method"),
-    (lambda d, x: sampling.sample_langevin(lambda y: y, x, -0.1, 10), "step_size must be a positive"),
-    (lambda d, x: sampling.sample_langevin(lambda y: y, x, 0.1, 0), "n_steps must be an integer >= 1"),
-    (lambda d, x: sampling.sample_annealed_langevin(d, x, torch.tensor([0.5, 0.0])), "positive times"),
-    (lambda d, x: sampling.time_grid(0), "n_steps must be an integer >= 1"),
-    (lambda d, x: sampling.time_grid(5, 0.1, 0.5), "t_min < t_max"),
-    (lambda d, x: sampling.time_grid(5, spacing="log_snr"), "needs a schedule"),
-    (lambda d, x: sampling.time_grid(5, spacing="cubic"), "unknown spacing"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda d, x: sampling.sample_euler(d, x, torch.tensor([0.1, 0.5])),
+            "strictly decreasing",
+        ),
+        (
+            lambda d, x: sampling.sample_euler(d, x, torch.tensor([1.5, 0.5])),
+            "must lie in",
+        ),
+        (
+            lambda d, x: sampling.sample_euler(
+                lambda y, t: y, x, torch.tensor([1.0, 0.5])
+            ),
+            "must be a dlib.param.Denoiser",
+        ),
+        (
+            lambda d, x: sampling.sample_euler(d, x[0], torch.tensor([1.0, 0.5])),
+            r"x must be a tensor of shape \(B, 2\)",
+        ),
+        (
+            lambda d, x: sampling.sample_ancestral(
+                d, x, torch.tensor([1.0, 0.5]), eta=2.0
+            ),
+            r"eta must be a number in \[0.0, 1.0\]",
+        ),
+        (
+            lambda d, x: sampling.sample_euler_maruyama(
+                d, x, torch.tensor([1.0, 0.5]), zeta=-1.0
+            ),
+            "zeta must be a number in",
+        ),
+        (
+            lambda d, x: sampling.sample_ode(
+                d, x, torch.tensor([1.0, 0.5]), method="euler"
+            ),
+            "unknown method",
+        ),
+        (
+            lambda d, x: sampling.sample_langevin(lambda y: y, x, -0.1, 10),
+            "step_size must be a positive",
+        ),
+        (
+            lambda d, x: sampling.sample_langevin(lambda y: y, x, 0.1, 0),
+            "n_steps must be an integer >= 1",
+        ),
+        (
+            lambda d, x: sampling.sample_annealed_langevin(
+                d, x, torch.tensor([0.5, 0.0])
+            ),
+            "positive times",
+        ),
+        (lambda d, x: sampling.time_grid(0), "n_steps must be an integer >= 1"),
+        (lambda d, x: sampling.time_grid(5, 0.1, 0.5), "t_min < t_max"),
+        (lambda d, x: sampling.time_grid(5, spacing="log_snr"), "needs a schedule"),
+        (lambda d, x: sampling.time_grid(5, spacing="cubic"), "unknown spacing"),
+    ],
+)
 def test_bad_inputs(setup, call, match):
     sch, g, x1 = setup
     with pytest.raises(ValueError, match=match):
         call(g.denoiser(sch), x1[:4])
 
 
-# --- time grids: every spacing, every schedule ------------------------------------------
-GRID_SCHEDULES = [S.VPLinear(), S.VPCosine(), S.VE(), S.LinearInterpolant(),
-                  S.get_schedule("ddpm_linear"), S.get_schedule("ddpm_cosine", T=100)]
+# --- time grids: every spacing, every schedule ----------------------------------------
+GRID_SCHEDULES = [
+    S.VPLinear(),
+    S.VPCosine(),
+    S.VE(),
+    S.LinearInterpolant(),
+    S.get_schedule("ddpm_linear"),
+    S.get_schedule("ddpm_cosine", T=100),
+]
 
 
 @pytest.mark.parametrize("sch", GRID_SCHEDULES, ids=lambda s: repr(s))
 @pytest.mark.parametrize("spacing", sampling.SPACINGS)
-def test_every_spacing_gives_a_strictly_decreasing_grid_without_near_duplicates(sch,
-                                                                                spacing):
+def test_every_spacing_gives_a_strictly_decreasing_grid_without_near_duplicates(
+    sch, spacing
+):
     for t_max, t_min in [(1.0, 1e-3), (0.8, 0.05)]:
         for n in (1, 2, 3, 10, 50, 200):
             ts = sampling.time_grid(n, t_max, t_min, spacing=spacing, schedule=sch)
@@ -163,7 +267,8 @@ def test_every_spacing_gives_a_strictly_decreasing_grid_without_near_duplicates(
             steps = ts[:-1] - ts[1:]
             assert torch.isfinite(ts).all() and (steps > 0).all()
             # no wasted steps: none shorter than 1/1000 of the mean step (the cosine
-            # schedule's log-SNR grid had six steps of length 0 before lambda was clipped)
+            # schedule's log-SNR grid had six steps of length 0 before lambda was
+            # clipped)
             assert steps.min() > 1e-3 * (t_max - t_min) / n, (n, ts)
 
 
@@ -188,31 +293,49 @@ def test_karras_grid_is_uniform_in_sigma_to_the_one_over_rho():
     torch.testing.assert_close(s1.diff(), s1.diff()[0].expand(12), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: sampling.time_grid(5, 1.0, 0.0, spacing="log_snr",
-                                schedule=S.VPLinear()), "finite log-SNR at t_min"),
-    (lambda: sampling.time_grid(5, spacing="karras", schedule=S.VPLinear(), rho=0),
-     "rho must be"),
-    (lambda: sampling.time_grid(5, spacing="log_snr", schedule=S.VPLinear(),
-                                lambda_min=9.0), "lambda_min"),
-    (lambda: sampling.time_grid(5, spacing="log_snr", schedule="vp"), "Schedule"),
-    (lambda: sampling.time_grid(5, float("nan")), "t_max"),
-    (lambda: sampling.time_grid(True), "n_steps"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: sampling.time_grid(
+                5, 1.0, 0.0, spacing="log_snr", schedule=S.VPLinear()
+            ),
+            "finite log-SNR at t_min",
+        ),
+        (
+            lambda: sampling.time_grid(
+                5, spacing="karras", schedule=S.VPLinear(), rho=0
+            ),
+            "rho must be",
+        ),
+        (
+            lambda: sampling.time_grid(
+                5, spacing="log_snr", schedule=S.VPLinear(), lambda_min=9.0
+            ),
+            "lambda_min",
+        ),
+        (lambda: sampling.time_grid(5, spacing="log_snr", schedule="vp"), "Schedule"),
+        (lambda: sampling.time_grid(5, float("nan")), "t_max"),
+        (lambda: sampling.time_grid(True), "n_steps"),
+    ],
+)
 def test_time_grid_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
 
 
-# --- callbacks, progress bars, the hot path --------------------------------------------
+# --- callbacks, progress bars, the hot path -------------------------------------------
 ALL_GRID_SAMPLERS = {
     "ancestral": lambda d, x, ts, **k: sampling.sample_ancestral(d, x, ts, **k),
     "ddim": lambda d, x, ts, **k: sampling.sample_ancestral(d, x, ts, eta=0.0, **k),
-    "euler_maruyama": lambda d, x, ts, **k: sampling.sample_euler_maruyama(d, x, ts, **k),
+    "euler_maruyama": lambda d, x, ts, **k: sampling.sample_euler_maruyama(
+        d, x, ts, **k
+    ),
     "euler": lambda d, x, ts, **k: sampling.sample_euler(d, x, ts, **k),
     "heun": lambda d, x, ts, **k: sampling.sample_heun(d, x, ts, **k),
-    "predictor_corrector":
-        lambda d, x, ts, **k: sampling.sample_predictor_corrector(d, x, ts, **k),
+    "predictor_corrector": lambda d, x, ts, **k: sampling.sample_predictor_corrector(
+        d, x, ts, **k
+    ),
     "ode": lambda d, x, ts, **k: sampling.sample_ode(d, x, ts, **k),
 }
 
@@ -238,7 +361,10 @@ def test_callback_always_receives_x0_at_the_start_of_the_step(setup, name):
 def test_progress_bar_on_long_runs_only(setup, capsys):
     sch, g, x1 = setup
     oracle = g.denoiser(sch)
-    short, long = sampling.time_grid(10), sampling.time_grid(sampling.PROGRESS_MIN_STEPS)
+    short, long = (
+        sampling.time_grid(10),
+        sampling.time_grid(sampling.PROGRESS_MIN_STEPS),
+    )
     sampling.sample_euler(oracle, x1[:4], short)
     assert "Euler" not in capsys.readouterr().err
     sampling.sample_euler(oracle, x1[:4], long)
@@ -262,11 +388,11 @@ class _Net(torch.nn.Module):
 
 @pytest.mark.parametrize("name", [n for n in ALL_GRID_SAMPLERS if n != "ode"])
 def test_sampler_steps_never_read_a_tensor_back_to_the_host(name, monkeypatch):
-    """The work per step is tensor arithmetic only: validation happens once, on entry. On a
-    GPU a read-back of a value computed from the data (item, bool, float, tolist) makes
-    the host wait for the device, so count them: the number must not grow with the number
-    of steps. The data are float32 here; the schedule's own float64 scalars (computed on
-    the CPU from the time grid, never from the data) are not counted."""
+    """The work per step is tensor arithmetic only: validation happens once, on entry.
+    On a GPU a read-back of a value computed from the data (item, bool, float, tolist)
+    makes the host wait for the device, so count them: the number must not grow with the
+    number of steps. The data are float32 here; the schedule's own float64 scalars
+    (computed on the CPU from the time grid, never from the data) are not counted."""
     from dlib import param
 
     den = param.Denoiser(_Net(), S.VPLinear(), "eps")
@@ -275,13 +401,16 @@ def test_sampler_steps_never_read_a_tensor_back_to_the_host(name, monkeypatch):
     for n in (5, 20):
         ts = sampling.time_grid(n)
         calls = {"n": 0}
-        real = {k: getattr(torch.Tensor, k)
-                for k in ("item", "__bool__", "__float__", "tolist")}
+        real = {
+            k: getattr(torch.Tensor, k)
+            for k in ("item", "__bool__", "__float__", "tolist")
+        }
 
         def counting(k):
             def f(self, *a, **kw):
                 calls["n"] += self.dtype != torch.float64
                 return real[k](self, *a, **kw)
+
             return f
 
         for k in real:
@@ -314,11 +443,12 @@ def test_no_cuda_synchronisation_inside_a_step(name):  # pragma: no cover - GPU 
         torch.cuda.set_sync_debug_mode("default")
 
 
-# --- the reference solver ---------------------------------------------------------------
+# --- the reference solver -------------------------------------------------------------
 def test_reference_ode_converges_with_rtol_on_a_discrete_schedule():
     """DiscreteVP's d alpha/dt jumps at every grid point; in lambda the exact flow is
-    smooth, so the adaptive solver's error must shrink with its tolerance (the closed-form
-    flow of Gaussian data is the reference). In t it stalls near first order."""
+    smooth, so the adaptive solver's error must shrink with its tolerance (the
+    closed-form flow of Gaussian data is the reference). In t it stalls near first
+    order."""
     sch = S.get_schedule("ddpm_linear")
     oracle = analytic.Gaussian(MU, VAR).denoiser(sch)
     x = torch.randn(64, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
@@ -338,10 +468,13 @@ def test_reference_ode_converges_with_rtol_on_a_discrete_schedule():
 def test_reference_ode_in_t_and_in_lambda_agree_on_a_smooth_schedule(setup):
     sch, g, x1 = setup
     ts = torch.tensor([1.0, 0.3, 1e-3], dtype=F64)
-    a = sampling.sample_ode(g.denoiser(sch), x1[:50], ts, variable="t", rtol=1e-10,
-                            atol=1e-10)
-    b = sampling.sample_ode(g.denoiser(sch), x1[:50], ts, variable="log_snr", rtol=1e-10,
-                            atol=1e-10)
+    a = sampling.sample_ode(
+        g.denoiser(sch), x1[:50], ts, variable="t", rtol=1e-10, atol=1e-10
+    )
+    b = sampling.sample_ode(
+        g.denoiser(sch), x1[:50], ts, variable="log_snr", rtol=1e-10, atol=1e-10
+    )
     torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
-    torch.testing.assert_close(b, gaussian_flow(x1[:50], 1.0, 1e-3, sch), rtol=1e-7,
-                               atol=1e-7)
+    torch.testing.assert_close(
+        b, gaussian_flow(x1[:50], 1.0, 1e-3, sch), rtol=1e-7, atol=1e-7
+    )

@@ -7,9 +7,24 @@ import torch
 from dlib import schedules as S
 
 F64 = torch.float64
-ALL = [S.VPLinear(), S.VPLinear(0.5, 5.0), S.VPCosine(), S.VE(), S.LinearInterpolant(),
-       S.get_schedule("ddpm_linear"), S.get_schedule("ddpm_cosine", T=200)]
-IDS = ["vp_linear", "vp_linear_b", "vp_cosine", "ve", "linear", "ddpm_linear", "ddpm_cosine"]
+ALL = [
+    S.VPLinear(),
+    S.VPLinear(0.5, 5.0),
+    S.VPCosine(),
+    S.VE(),
+    S.LinearInterpolant(),
+    S.get_schedule("ddpm_linear"),
+    S.get_schedule("ddpm_cosine", T=200),
+]
+IDS = [
+    "vp_linear",
+    "vp_linear_b",
+    "vp_cosine",
+    "ve",
+    "linear",
+    "ddpm_linear",
+    "ddpm_cosine",
+]
 
 
 def grid(lo=0.02, hi=0.97, n=37):
@@ -25,7 +40,11 @@ def autograd_d(fn, t):
 @pytest.mark.parametrize("sch", ALL, ids=IDS)
 def test_derivatives_match_autograd(sch):
     t = grid() + 0.3 / 1000  # stay off the grid points of the discrete schedules
-    for fn, dfn in [(sch.alpha, sch.d_alpha), (sch.sigma, sch.d_sigma), (sch.log_snr, sch.d_log_snr)]:
+    for fn, dfn in [
+        (sch.alpha, sch.d_alpha),
+        (sch.sigma, sch.d_sigma),
+        (sch.log_snr, sch.d_log_snr),
+    ]:
         torch.testing.assert_close(dfn(t), autograd_d(fn, t), rtol=1e-9, atol=1e-12)
 
 
@@ -40,22 +59,35 @@ def test_log_snr_and_its_inverse(sch):
 
 @pytest.mark.parametrize("sch", ALL, ids=IDS)
 def test_sde_coefficients_reproduce_marginal_variance(sch):
-    # forward SDE dx = f x dt + g dW  =>  d(sigma^2)/dt = 2 f sigma^2 + g^2 and f = d log alpha / dt
+    # forward SDE dx = f x dt + g dW  =>  d(sigma^2)/dt = 2 f sigma^2 + g^2 and
+    # f = d log alpha / dt
     t = grid() + 0.3 / 1000
     f, g2 = sch.sde(t)
     torch.testing.assert_close(f, sch.d_alpha(t) / sch.alpha(t))
     dvar = autograd_d(lambda u: sch.sigma(u) ** 2, t)
-    torch.testing.assert_close(g2, dvar - 2 * f * sch.sigma(t) ** 2, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(
+        g2, dvar - 2 * f * sch.sigma(t) ** 2, rtol=1e-8, atol=1e-10
+    )
     assert (g2 > 0).all()
 
 
-@pytest.mark.parametrize("sch", [s for s in ALL if s.variance_preserving], ids=[i for s, i in zip(ALL, IDS) if s.variance_preserving])
+@pytest.mark.parametrize(
+    "sch",
+    [s for s in ALL if s.variance_preserving],
+    ids=[i for s, i in zip(ALL, IDS) if s.variance_preserving],
+)
 def test_variance_preserving(sch):
     t = grid(0.0, 1.0 - 1e-3)
-    torch.testing.assert_close(sch.alpha(t) ** 2 + sch.sigma(t) ** 2, torch.ones_like(t))
+    torch.testing.assert_close(
+        sch.alpha(t) ** 2 + sch.sigma(t) ** 2, torch.ones_like(t)
+    )
 
 
-@pytest.mark.parametrize("sch", [S.VPLinear(), S.VPCosine(), S.get_schedule("ddpm_linear")], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sch",
+    [S.VPLinear(), S.VPCosine(), S.get_schedule("ddpm_linear")],
+    ids=lambda s: s.name,
+)
 def test_vp_sde_is_finite_at_zero(sch):
     f, g2 = sch.sde(torch.tensor([0.0, 0.5], dtype=F64))
     assert torch.isfinite(f).all() and torch.isfinite(g2).all()
@@ -86,7 +118,9 @@ def test_ve_and_linear_closed_forms():
 
 def test_discrete_matches_ddpm_chain():
     betas = S.ddpm_betas("linear", 1000)
-    assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
+    assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(
+        0.02
+    )
     sch = S.DiscreteVP(betas)
     abar = torch.cumprod(1 - betas, 0)
     ti = torch.arange(1, 1001, dtype=F64) / 1000
@@ -120,9 +154,12 @@ def test_posterior_matches_ddpm_beta_tilde_and_sympy():
     torch.testing.assert_close(var, (1 - ab_prev) / (1 - ab) * b)
     torch.testing.assert_close(c_0, ab_prev.sqrt() * b / (1 - ab))
     torch.testing.assert_close(c_t, (1 - b).sqrt() * (1 - ab_prev) / (1 - ab))
-    # sympy: completing the square in x_s of q(x_t|x_s) q(x_s|x_0) gives the same coefficients
-    xs, xt, x0, a_ts, v_ts, a_s, v_s = sp.symbols("x_s x_t x_0 a_ts v_ts a_s v_s", positive=True)
-    logq = -(xt - a_ts * xs) ** 2 / (2 * v_ts) - (xs - a_s * x0) ** 2 / (2 * v_s)
+    # sympy: completing the square in x_s of q(x_t|x_s) q(x_s|x_0) gives the same
+    # coefficients
+    xs, xt, x0, a_ts, v_ts, a_s, v_s = sp.symbols(
+        "x_s x_t x_0 a_ts v_ts a_s v_s", positive=True
+    )
+    logq = -((xt - a_ts * xs) ** 2) / (2 * v_ts) - (xs - a_s * x0) ** 2 / (2 * v_s)
     prec = -sp.diff(logq, xs, 2)
     mean = sp.solve(sp.diff(logq, xs), xs)[0]
     v_t = a_ts**2 * v_s + v_ts
@@ -132,7 +169,8 @@ def test_posterior_matches_ddpm_beta_tilde_and_sympy():
 
 @pytest.mark.parametrize("sch", ALL, ids=IDS)
 def test_posterior_is_consistent_with_marginals(sch):
-    # integrating the posterior against q(x_t|x_0) must give back q(x_s|x_0): mean and variance
+    # integrating the posterior against q(x_t|x_0) must give back q(x_s|x_0): mean and
+    # variance
     s, t = torch.tensor(0.3, dtype=F64), torch.tensor(0.6, dtype=F64)
     c_t, c_0, v = sch.posterior(s, t)
     torch.testing.assert_close(c_t * sch.alpha(t) + c_0, sch.alpha(s))
@@ -154,49 +192,76 @@ def test_repr_and_factory():
     assert "T=1000" in repr(S.get_schedule("ddpm_linear"))
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: S.VPLinear().alpha(1.5), r"t must lie in \[0.0, 1.0\]"),
-    (lambda: S.VPLinear().alpha(torch.tensor([0.5, -0.1])), "t must lie in"),
-    (lambda: S.VPLinear().sigma(float("nan")), "t must lie in"),
-    (lambda: S.VPLinear(beta_min=-1), "beta_min must be a positive"),
-    (lambda: S.VPLinear(beta_min=5, beta_max=1), "beta_max must be >= beta_min"),
-    (lambda: S.VE(sigma_min=2, sigma_max=1), "sigma_max must exceed"),
-    (lambda: S.VE(sigma_min="a"), "sigma_min must be a positive finite number"),
-    (lambda: S.get_schedule("nope"), "unknown schedule 'nope'"),
-    (lambda: S.ddpm_betas("quadratic"), "unknown beta schedule"),
-    (lambda: S.ddpm_betas("linear", 0), "T must be an integer >= 1"),
-    (lambda: S.ddpm_betas("linear", 10, beta_end=1.5), "beta_end must be a number in"),
-    (lambda: S.DiscreteVP(torch.tensor([0.1, 1.2])), "strictly between 0 and 1"),
-    (lambda: S.DiscreteVP(torch.zeros(2, 2)), "1-D tensor"),
-    (lambda: S.VPLinear().t_from_log_snr(torch.tensor([-100.0])), "log-SNR must lie in"),
-    (lambda: S.VPLinear().t_from_log_snr(torch.tensor([float("nan")])), "must not be NaN"),
-    (lambda: S.VPLinear().transition(0.6, 0.3), "s <= t"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: S.VPLinear().alpha(1.5), r"t must lie in \[0.0, 1.0\]"),
+        (lambda: S.VPLinear().alpha(torch.tensor([0.5, -0.1])), "t must lie in"),
+        (lambda: S.VPLinear().sigma(float("nan")), "t must lie in"),
+        (lambda: S.VPLinear(beta_min=-1), "beta_min must be a positive"),
+        (lambda: S.VPLinear(beta_min=5, beta_max=1), "beta_max must be >= beta_min"),
+        (lambda: S.VE(sigma_min=2, sigma_max=1), "sigma_max must exceed"),
+        (lambda: S.VE(sigma_min="a"), "sigma_min must be a positive finite number"),
+        (lambda: S.get_schedule("nope"), "unknown schedule 'nope'"),
+        (lambda: S.ddpm_betas("quadratic"), "unknown beta schedule"),
+        (lambda: S.ddpm_betas("linear", 0), "T must be an integer >= 1"),
+        (
+            lambda: S.ddpm_betas("linear", 10, beta_end=1.5),
+            "beta_end must be a number in",
+        ),
+        (lambda: S.DiscreteVP(torch.tensor([0.1, 1.2])), "strictly between 0 and 1"),
+        (lambda: S.DiscreteVP(torch.zeros(2, 2)), "1-D tensor"),
+        (
+            lambda: S.VPLinear().t_from_log_snr(torch.tensor([-100.0])),
+            "log-SNR must lie in",
+        ),
+        (
+            lambda: S.VPLinear().t_from_log_snr(torch.tensor([float("nan")])),
+            "must not be NaN",
+        ),
+        (lambda: S.VPLinear().transition(0.6, 0.3), "s <= t"),
+    ],
+)
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
 
 
-# --- the end points t = 0 and t = 1: values, never NaN ---------------------------------
+# --- the end points t = 0 and t = 1: values, never NaN --------------------------------
 ENDS = torch.tensor([0.0, 1.0], dtype=F64)
 
 
 @pytest.mark.parametrize("sch", ALL, ids=IDS)
 def test_no_nan_at_the_end_points(sch):
-    for fn in (sch.alpha, sch.sigma, sch.log_snr, sch.d_alpha, sch.d_sigma, sch.d_log_snr):
+    for fn in (
+        sch.alpha,
+        sch.sigma,
+        sch.log_snr,
+        sch.d_alpha,
+        sch.d_sigma,
+        sch.d_log_snr,
+    ):
         assert not torch.isnan(fn(ENDS)).any(), fn.__name__
-    for v in (*sch.sde(ENDS), *sch.transition(ENDS, ENDS), *sch.posterior(ENDS, ENDS),
-              *sch.posterior(torch.zeros(2, dtype=F64), ENDS)):
+    for v in (
+        *sch.sde(ENDS),
+        *sch.transition(ENDS, ENDS),
+        *sch.posterior(ENDS, ENDS),
+        *sch.posterior(torch.zeros(2, dtype=F64), ENDS),
+    ):
         assert not torch.isnan(v).any()
     c = sch.coefficients(0.0)
     assert not any(math.isnan(v) for v in c)
 
 
-@pytest.mark.parametrize("sch", [s for s in ALL if s.variance_preserving],
-                         ids=[i for s, i in zip(ALL, IDS) if s.variance_preserving])
+@pytest.mark.parametrize(
+    "sch",
+    [s for s in ALL if s.variance_preserving],
+    ids=[i for s, i in zip(ALL, IDS) if s.variance_preserving],
+)
 def test_vp_d_sigma_is_infinite_at_zero_and_g2_finite(sch):
-    # sigma_t ~ sqrt(beta(0) t) near 0, so d sigma/dt -> +inf, while g^2 = beta(0) is finite
-    # (the cosine schedule's sigma_0 is round-off above 0, so its value there is only large)
+    # sigma_t ~ sqrt(beta(0) t) near 0, so d sigma/dt -> +inf, while g^2 = beta(0) is
+    # finite (the cosine schedule's sigma_0 is round-off above 0, so its value there is
+    # only large)
     assert sch.d_sigma(0.0) == math.inf or sch.name == "vp_cosine"
     assert sch.d_sigma(0.0) > 50
     f, g2 = sch.sde(0.0)
@@ -205,7 +270,8 @@ def test_vp_d_sigma_is_infinite_at_zero_and_g2_finite(sch):
 
 def test_linear_path_sde_at_the_ends():
     f, g2 = S.LinearInterpolant().sde(ENDS)
-    # g^2 = 2 t / (1 - t): 0 at t = 0 and +inf at t = 1 (alpha_1 = 0: the SDE is singular)
+    # g^2 = 2 t / (1 - t): 0 at t = 0 and +inf at t = 1 (alpha_1 = 0: the SDE is
+    # singular)
     assert g2[0] == 0 and g2[1] == math.inf and f[1] == -math.inf
     t = grid()
     torch.testing.assert_close(S.LinearInterpolant().sde(t)[1], 2 * t / (1 - t))
@@ -224,8 +290,9 @@ def test_coefficients_in_one_call_agree_with_the_separate_methods():
     for sch in ALL:
         t = grid() + 0.3 / 1000
         c = sch.coefficients(t)
-        for got, want in zip(c, (sch.alpha(t), sch.sigma(t), sch.d_alpha(t),
-                                 sch.d_sigma(t))):
+        for got, want in zip(
+            c, (sch.alpha(t), sch.sigma(t), sch.d_alpha(t), sch.d_sigma(t))
+        ):
             torch.testing.assert_close(got, want)
         one = sch.coefficients(0.4567)
         assert all(isinstance(v, float) for v in one)
@@ -234,18 +301,24 @@ def test_coefficients_in_one_call_agree_with_the_separate_methods():
         assert one.d_sigma == pytest.approx(float(sch.d_sigma(t64)), rel=1e-12)
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: S.VPLinear().posterior(torch.zeros(3), torch.ones(2)), "broadcastable"),
-    (lambda: S.VPLinear().coefficients(1.5), "must be a number in"),
-    (lambda: S.VPLinear().alpha("a"), "must be a number or a tensor"),
-    (lambda: S.VPLinear().alpha(None), "must be a number or a tensor"),
-    (lambda: S.VPLinear().t_from_log_snr("a"), "log-SNR values"),
-    (lambda: S.ddpm_betas("cosine", 10, s=float("nan")), "s must be a positive"),
-    (lambda: S.ddpm_betas("cosine", 10, max_beta=2.0), "max_beta"),
-    (lambda: S.ddpm_betas("cosine", 10, max_beta=0.0), "max_beta"),
-    (lambda: S.DiscreteVP(torch.tensor([0.1, float("nan")])), "between 0 and 1"),
-    (lambda: S.get_schedule("vp_linear", beta=3), "bad options"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda: S.VPLinear().posterior(torch.zeros(3), torch.ones(2)),
+            "broadcastable",
+        ),
+        (lambda: S.VPLinear().coefficients(1.5), "must be a number in"),
+        (lambda: S.VPLinear().alpha("a"), "must be a number or a tensor"),
+        (lambda: S.VPLinear().alpha(None), "must be a number or a tensor"),
+        (lambda: S.VPLinear().t_from_log_snr("a"), "lam must be a number"),
+        (lambda: S.ddpm_betas("cosine", 10, s=float("nan")), "s must be a positive"),
+        (lambda: S.ddpm_betas("cosine", 10, max_beta=2.0), "max_beta"),
+        (lambda: S.ddpm_betas("cosine", 10, max_beta=0.0), "max_beta"),
+        (lambda: S.DiscreteVP(torch.tensor([0.1, float("nan")])), "between 0 and 1"),
+        (lambda: S.get_schedule("vp_linear", beta=3), "bad options"),
+    ],
+)
 def test_more_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()

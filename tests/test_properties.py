@@ -1,0 +1,1622 @@
+"""Property-based tests (hypothesis) over every public function and method of dlib.
+
+Two properties, from issue 5 §8:
+
+1. Valid inputs never give NaN. Hypothesis draws them, end points included: t = 0 and
+   t = 1, every schedule, every prediction kind, float32 and float64. A value may be
+   +-inf only where the mathematics says so (a schedule's own singular values, such as
+   a VP ``d_sigma(0) = +inf``, and the ELBO weights built from them); a conversion that
+   is singular at an end point must raise a ValueError saying so, never return NaN.
+2. Bad input gives a ValueError whose message names the argument: for every class of
+   bad input (wrong types, non-callables, NaN/inf numbers and data, times outside
+   [0, 1], mismatched shapes, empty batches, zero/negative/bool counts, unknown
+   options, values out of range), hypothesis draws the bad value.
+
+``test_every_public_function_is_covered`` keeps the first list complete: it fails when
+a public function or method has no property test here. The whole file runs in well
+under a minute on two cores (few examples, derandomised so that CI is deterministic).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from functools import lru_cache
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dlib import (
+    analytic,
+    data,
+    fullscale,
+    losses,
+    metrics,
+    nets,
+    param,
+    plot,
+    runtime,
+    sampling,
+)
+from dlib import schedules as S
+from dlib import train
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+nan, inf = math.nan, math.inf
+F32, F64 = torch.float32, torch.float64
+
+SETTINGS = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+FEW = settings(SETTINGS, max_examples=8)
+
+COVERED: set[str] = set()
+
+
+def covers(*names):
+    """Record which public names a test exercises with valid input."""
+    COVERED.update(names)
+    return lambda f: f
+
+
+# --- strategies ---------------------------------------------------------------------
+SCHEDULES = [
+    S.VPLinear(),
+    S.VPCosine(),
+    S.VE(),
+    S.LinearInterpolant(),
+    S.DiscreteVP(S.ddpm_betas("linear", 50)),
+    S.DiscreteVP(S.ddpm_betas("cosine", 50)),
+]
+schedules = st.sampled_from(SCHEDULES)
+times = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))
+dtypes = st.sampled_from([F32, F64])
+kinds = st.sampled_from(param.KINDS)
+seeds = st.integers(0, 2**16)
+
+
+def randn(seed, *shape, dtype=F32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def has_nan(obj) -> bool:
+    if torch.is_tensor(obj):
+        return obj.is_floating_point() and bool(torch.isnan(obj).any())
+    if isinstance(obj, float):
+        return math.isnan(obj)
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return any(has_nan(o) for o in obj)
+    return False
+
+
+def all_finite(obj) -> bool:
+    if torch.is_tensor(obj):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return all(all_finite(o) for o in obj)
+    return True
+
+
+def finite_or_singular(call):
+    """Run ``call``: its result must be finite, or it must raise the documented
+    ValueError of a singular end point. Returns the result (None if singular)."""
+    try:
+        out = call()
+    except ValueError as exc:
+        assert "singular" in str(exc), str(exc)
+        return None
+    assert all_finite(out), out
+    return out
+
+
+@lru_cache(maxsize=None)
+def mlp(dim=2):
+    torch.manual_seed(0)
+    return nets.MLP(dim, hidden=16, depth=2, emb_dim=8)
+
+
+GM = analytic.GaussianMixture([[1.0, 0.0], [-1.0, 0.5]], [0.3, 0.5], [0.3, 0.7])
+
+
+# === 1. valid inputs never give NaN ===================================================
+@covers(
+    "schedules.Schedule.alpha",
+    "schedules.Schedule.sigma",
+    "schedules.Schedule.coefficients",
+    "schedules.Schedule.log_snr",
+    "schedules.Schedule.d_alpha",
+    "schedules.Schedule.d_sigma",
+    "schedules.Schedule.d_log_snr",
+    "schedules.Schedule.sde",
+    "schedules.VPLinear.beta",
+    "schedules.VPLinear",
+    "schedules.VPCosine",
+    "schedules.VE",
+    "schedules.LinearInterpolant",
+    "schedules.DiscreteVP",
+)
+@SETTINGS
+@given(sch=schedules, t=times, dtype=dtypes)
+def test_schedule_values_are_never_nan(sch, t, dtype):
+    tt = torch.tensor([t, 1.0 - t], dtype=dtype)
+    for name in (
+        "alpha",
+        "sigma",
+        "log_snr",
+        "d_alpha",
+        "d_sigma",
+        "d_log_snr",
+        "sde",
+        "coefficients",
+    ):
+        for arg in (t, tt):
+            out = getattr(sch, name)(arg)
+            assert not has_nan(out), (name, arg, out)
+    # signs the mathematics fixes (these caught VPCosine's float32 t = 1)
+    assert bool((sch.d_log_snr(tt) <= 0).all())
+    assert bool((sch.sde(tt)[1] >= 0).all())
+    a, s = sch.alpha(tt), sch.sigma(tt)
+    assert bool(((a >= 0) & (s >= 0)).all())
+    if isinstance(sch, S.VPLinear):
+        assert not has_nan(sch.beta(tt))
+
+
+@covers("schedules.Schedule.transition", "schedules.Schedule.posterior")
+@SETTINGS
+@given(sch=schedules, s=times, t=times, dtype=dtypes)
+def test_transition_and_posterior_are_never_nan(sch, s, t, dtype):
+    s, t = min(s, t), max(s, t)
+    ss, tt = torch.tensor([s, 0.0], dtype=dtype), torch.tensor([t, t], dtype=dtype)
+    for args in ((s, t), (ss, tt)):
+        a_ts, var = sch.transition(*args)
+        a, b, pvar = sch.posterior(*args)
+        assert not has_nan((a_ts, var, a, b, pvar))
+        assert bool((var >= 0).all()) and bool((pvar >= 0).all())
+
+
+@covers(
+    "schedules.Schedule.t_from_log_snr",
+    "schedules.Schedule.log_snr_range",
+    "schedules.VPCosine.log_snr_range",
+    "schedules.LinearInterpolant.log_snr_range",
+)
+@SETTINGS
+@given(sch=schedules, t=times)
+def test_log_snr_inverse_is_never_nan(sch, t):
+    lo, hi = sch.log_snr_range()
+    assert lo < hi
+    lam = sch.log_snr(torch.tensor([t, 0.0, 1.0], dtype=F64))
+    back = sch.t_from_log_snr(lam.clamp(lo, hi))
+    assert not has_nan(back)
+    assert bool(((back >= 0) & (back <= 1)).all())
+
+
+@covers("schedules.ddpm_betas", "schedules.get_schedule", "schedules.DiscreteVP.times")
+@SETTINGS
+@given(
+    kind=st.sampled_from(["linear", "cosine"]),
+    T=st.integers(1, 2000),
+    max_beta=st.floats(1e-3, 0.999),
+    name=st.sampled_from(sorted(S.SCHEDULES)),
+)
+def test_betas_and_factory(kind, T, max_beta, name):
+    betas = S.ddpm_betas(kind, T, max_beta=max_beta)
+    assert betas.shape == (T,)
+    assert bool(((betas > 0) & (betas < 1)).all())
+    sch = S.DiscreteVP(betas)
+    assert sch.times().shape == (T + 1,)
+    assert not has_nan(sch.alphas_cumprod)
+    assert isinstance(S.get_schedule(name), S.Schedule)
+
+
+@covers("param.convert", "param.to_x0_eps", "param.from_x0_eps", "param.target")
+@SETTINGS
+@given(sch=schedules, src=kinds, dst=kinds, t=times, dtype=dtypes, seed=seeds)
+def test_conversions_are_finite_or_say_singular(sch, src, dst, t, dtype, seed):
+    x, pred = randn(seed, 3, 2, dtype=dtype), randn(seed + 1, 3, 2, dtype=dtype)
+    out = finite_or_singular(lambda: param.convert(pred, src, dst, x, t, sch))
+    assert out is None or out.dtype == dtype
+    pair = finite_or_singular(lambda: param.to_x0_eps(pred, src, x, t, sch))
+    finite_or_singular(lambda: param.from_x0_eps(pred, x, dst, x, t, sch))
+    finite_or_singular(lambda: param.target(dst, x, pred, t, sch))
+    if pair is not None and out is not None and src != dst:  # round trip
+        back = finite_or_singular(lambda: param.convert(out, dst, src, x, t, sch))
+        if back is not None and dtype == F64 and 0.05 < t < 0.95:
+            torch.testing.assert_close(back, pred, rtol=1e-6, atol=1e-6)
+
+
+@covers(
+    "param.Denoiser",
+    "param.Denoiser.predict",
+    "param.Denoiser.x0_eps",
+    "param.Denoiser.x0",
+    "param.Denoiser.eps",
+    "param.Denoiser.v",
+    "param.Denoiser.score",
+    "param.Denoiser.velocity",
+    "param.change_schedule",
+    "analytic.AnalyticDenoiser",
+    "analytic.GaussianMixture.denoiser",
+)
+@SETTINGS
+@given(
+    sch=schedules,
+    native=kinds,
+    kind=kinds,
+    t=times,
+    dtype=dtypes,
+    seed=seeds,
+    new=schedules,
+)
+def test_denoisers_are_finite_or_say_singular(sch, native, kind, t, dtype, seed, new):
+    x = randn(seed, 5, 2, dtype=dtype)
+    models = [
+        param.Denoiser(mlp(), sch, native),
+        GM.denoiser(sch),
+        param.change_schedule(GM.denoiser(sch), new),
+    ]
+    for den in models:
+        out = finite_or_singular(lambda: den.predict(x, t, kind))
+        assert out is None or (out.dtype == dtype and out.shape == x.shape)
+        finite_or_singular(lambda: den.x0_eps(x, torch.full((5,), t, dtype=dtype)))
+        for method in ("x0", "eps", "v", "score", "velocity"):
+            finite_or_singular(lambda: getattr(den, method)(x, t))
+
+
+@covers(
+    "analytic.GaussianMixture",
+    "analytic.GaussianMixture.log_prob",
+    "analytic.GaussianMixture.responsibilities",
+    "analytic.GaussianMixture.score",
+    "analytic.GaussianMixture.x0_eps",
+    "analytic.GaussianMixture.predict",
+    "analytic.GaussianMixture.sample",
+    "analytic.GaussianMixture.mean",
+    "analytic.GaussianMixture.covariance",
+    "analytic.Gaussian",
+    "analytic.ring",
+    "analytic.song_ermon",
+)
+@SETTINGS
+@given(
+    sch=schedules,
+    t=times,
+    kind=kinds,
+    seed=seeds,
+    K=st.integers(1, 4),
+    D=st.integers(1, 3),
+    var=st.floats(1e-3, 10.0),
+    k=st.integers(1, 12),
+)
+def test_analytic_models_are_finite(sch, t, kind, seed, K, D, var, k):
+    gm = analytic.GaussianMixture(
+        randn(seed, K, D, dtype=F64), var, torch.rand(K, dtype=F64) + 0.1
+    )
+    x = gm.sample(6, torch.Generator().manual_seed(seed))
+    assert all_finite((x, gm.mean(), gm.covariance()))
+    for tt in (None, t):
+        assert all_finite(gm.log_prob(x, tt, sch))
+        assert all_finite(gm.score(x, tt, sch))
+        r = gm.responsibilities(x, tt, sch)
+        torch.testing.assert_close(r.sum(1), torch.ones(6, dtype=F64))
+    assert all_finite(gm.x0_eps(x, t, sch))
+    finite_or_singular(lambda: gm.predict(x, t, sch, kind))
+    g = analytic.Gaussian(randn(seed, D, dtype=F64), var)
+    assert all_finite(g.log_prob(g.sample(3)))
+    assert all_finite(analytic.ring(k, std=math.sqrt(var)).sample(3))
+    assert all_finite(analytic.song_ermon().log_prob(x[:, :1].repeat(1, 2)))
+
+
+@covers(
+    "data.two_moons",
+    "data.checkerboard",
+    "data.swiss_roll",
+    "data.gaussian_ring",
+    "data.toy_2d",
+    "data.batches",
+    "data.to_images",
+)
+@SETTINGS
+@given(
+    name=st.sampled_from(sorted(data.TOY_2D)),
+    n=st.integers(1, 50),
+    seed=st.sampled_from([0, 1, 2**32 - 1]),
+    batch=st.integers(1, 8),
+)
+def test_data_sets_are_finite(name, n, seed, batch):
+    x = data.toy_2d(name, n, seed=seed)
+    assert x.shape == (n, 2) and x.dtype == F32 and all_finite(x)
+    torch.testing.assert_close(x, data.toy_2d(name, n, seed=seed))  # deterministic
+    b = next(data.batches(x, batch, torch.Generator().manual_seed(seed)))
+    assert b.shape == (batch, 2)
+    flat = x.reshape(-1)[: (x.numel() // 4) * 4].reshape(-1, 4)
+    if len(flat):
+        assert data.to_images(flat, 2).shape == (len(flat), 1, 2, 2)
+
+
+@covers("data.digits", "data.digits_images")
+@FEW
+@given(
+    split=st.sampled_from(["train", "test", "all"]),
+    size=st.sampled_from([8, 12]),
+    fraction=st.floats(0.05, 0.95),
+)
+def test_digits_are_finite(split, size, fraction):
+    x, y = data.digits(split, test_fraction=fraction)
+    assert all_finite(x) and bool(((x >= -1) & (x <= 1)).all())
+    assert len(x) == len(y)
+    img = data.digits_images(split, size)
+    assert img.shape[1:] == (1, size, size) and all_finite(img)
+
+
+@covers(
+    "nets.SinusoidalEmbedding",
+    "nets.SinusoidalEmbedding.forward",
+    "nets.MLP",
+    "nets.MLP.forward",
+    "nets.UNet",
+    "nets.UNet.forward",
+    "nets.count_params",
+)
+@SETTINGS
+@given(
+    t=times,
+    dtype=st.sampled_from([F32, F64, torch.int64]),
+    seed=seeds,
+    per_sample=st.booleans(),
+)
+def test_networks_are_finite_and_keep_the_dtype(t, dtype, seed, per_sample):
+    x = (randn(seed, 3, 2, dtype=F64) * 3).to(dtype)
+    tt = torch.full((3,), t, dtype=F64) if per_sample else t
+    out = mlp()(x, tt)
+    assert out.shape == x.shape and all_finite(out)
+    assert out.dtype == (dtype if dtype.is_floating_point else F32)
+    torch.manual_seed(0)
+    unet = nets.UNet(1, base_channels=8, channel_mults=(1, 2), img_size=4, emb_dim=8)
+    img = (randn(seed, 2, 1, 4, 4, dtype=F64) * 3).to(dtype)
+    out = unet(img, tt if not per_sample else tt[:2])
+    assert out.shape == img.shape and all_finite(out)
+    emb = nets.SinusoidalEmbedding(6)(torch.tensor([t, 0.0, 1.0]))
+    assert emb.shape == (3, 6) and all_finite(emb)
+    assert nets.count_params(unet) > 0
+
+
+@covers(
+    "losses.denoising_loss",
+    "losses.flow_matching_loss",
+    "losses.elbo_weight",
+    "losses.sample_xt",
+    "losses.dsm_loss",
+    "losses.esm_loss",
+)
+@SETTINGS
+@given(
+    sch=schedules, kind=kinds, t=times, dtype=dtypes, seed=seeds, fixed=st.booleans()
+)
+def test_losses_are_finite_or_say_singular(sch, kind, t, dtype, seed, fixed):
+    x0 = randn(seed, 4, 2, dtype=dtype)
+    g = torch.Generator().manual_seed(seed)
+    kw = {"t": t} if fixed else {"t_range": (0.0, 1.0)}
+    loss = finite_or_singular(
+        lambda: losses.denoising_loss(mlp(), x0, sch, kind, generator=g, **kw)
+    )
+    assert loss is None or loss.dim() == 0
+    finite_or_singular(
+        lambda: losses.flow_matching_loss(mlp(), x0, sch, generator=g, **kw)
+    )
+    w = losses.elbo_weight(kind, torch.tensor([t, 0.5], dtype=dtype), sch)
+    assert not has_nan(w) and bool((w >= 0).all()), w
+    xt, eps = losses.sample_xt(x0, t, sch, g)
+    assert all_finite((xt, eps))
+    score = GM.denoiser(sch).score
+    finite_or_singular(lambda: losses.dsm_loss(score, x0, t, sch, g))
+    assert all_finite(losses.esm_loss(score, score, x0, max(t, 0.01)))
+
+
+@covers("losses.gaussian_kl")
+@SETTINGS
+@given(
+    m=st.lists(st.floats(-1e3, 1e3), min_size=3, max_size=3),
+    v=st.lists(st.floats(1e-6, 1e3), min_size=3, max_size=3),
+)
+def test_gaussian_kl_is_finite_and_non_negative(m, v):
+    kl = losses.gaussian_kl(m, v, list(reversed(m)), list(reversed(v)))
+    assert all_finite(kl) and bool((kl >= -1e-9).all())
+    assert float(losses.gaussian_kl(m, v, m, v).abs().max()) < 1e-9
+
+
+@covers(
+    "losses.continuous_nelbo",
+    "losses.discrete_nelbo",
+    "losses.gaussian_nelbo",
+    "losses.gaussian_discretization_excess",
+    "losses.optimal_reverse_variance",
+)
+@FEW
+@given(
+    sch=st.sampled_from(SCHEDULES[:2] + SCHEDULES[4:]),
+    seed=seeds,
+    sampling_=st.sampled_from(["uniform", "log_snr"]),
+    lo=st.sampled_from([0.0, 1e-3]),
+    T=st.integers(2, 6),
+)
+def test_likelihood_bounds_are_finite(sch, seed, sampling_, lo, T):
+    g = torch.Generator().manual_seed(seed)
+    den = GM.denoiser(sch)
+    x0 = GM.sample(4, g)
+    if sampling_ == "log_snr" and lo == 0.0:  # lambda_0 = +inf: no uniform draw
+        with pytest.raises(ValueError, match="t_range"):
+            losses.continuous_nelbo(den, x0, (lo, 1.0), sampling=sampling_)
+        lo = 1e-3
+    assert all_finite(
+        losses.continuous_nelbo(
+            den, x0, (lo, 1.0), n_t=2, sampling=sampling_, generator=g
+        )
+    )
+    ts = torch.linspace(1.0 / T, 1.0, T, dtype=F64)
+    assert all_finite(losses.discrete_nelbo(den, x0, ts, g))
+    assert all_finite(losses.gaussian_nelbo(sch, ts, 0.5, 2))
+    assert all_finite(losses.gaussian_discretization_excess(sch, ts, 0.5, 2))
+    assert all_finite(losses.optimal_reverse_variance(sch, ts, 0.1))
+
+
+@covers("sampling.time_grid")
+@SETTINGS
+@given(
+    sch=schedules,
+    spacing=st.sampled_from(sampling.SPACINGS),
+    n=st.integers(1, 60),
+    t_min=st.sampled_from([1e-3, 1e-2, 0.2]),
+    final_zero=st.booleans(),
+)
+def test_time_grids_are_finite_and_decreasing(sch, spacing, n, t_min, final_zero):
+    ts = sampling.time_grid(
+        n, 1.0, t_min, spacing=spacing, schedule=sch, final_zero=final_zero
+    )
+    assert ts.shape == (n + 1 + final_zero,) and all_finite(ts)
+    assert bool((ts[1:] < ts[:-1]).all()) and ts[0] == 1.0
+
+
+GRID_SAMPLERS = [
+    "sample_ancestral",
+    "sample_euler",
+    "sample_heun",
+    "sample_euler_maruyama",
+    "sample_predictor_corrector",
+    "sample_ode",
+]
+
+
+@covers(*(f"sampling.{name}" for name in GRID_SAMPLERS))
+@SETTINGS
+@given(
+    sch=schedules,
+    name=st.sampled_from(GRID_SAMPLERS),
+    dtype=dtypes,
+    seed=seeds,
+    n=st.integers(1, 4),
+    oracle=st.booleans(),
+    t_max=st.sampled_from([1.0, 0.8]),
+)
+def test_samplers_are_finite_or_say_singular(sch, name, dtype, seed, n, oracle, t_max):
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    x = randn(seed, 4, 2, dtype=dtype)
+    ts = sampling.time_grid(n, t_max, 0.05, final_zero=True)
+    kw = (
+        {"rtol": 1e-4, "atol": 1e-4}
+        if name == "sample_ode"
+        else {"generator": torch.Generator().manual_seed(seed)}
+    )
+    out = finite_or_singular(lambda: getattr(sampling, name)(den, x, ts, **kw))
+    assert out is None or (out.dtype == dtype and out.shape == x.shape)
+
+
+@covers("sampling.sample_langevin", "sampling.sample_annealed_langevin")
+@SETTINGS
+@given(
+    sch=schedules,
+    dtype=dtypes,
+    seed=seeds,
+    n=st.integers(1, 5),
+    step=st.floats(1e-4, 0.1),
+)
+def test_langevin_samplers_are_finite(sch, dtype, seed, n, step):
+    x = randn(seed, 4, 2, dtype=dtype)
+    g = torch.Generator().manual_seed(seed)
+    out = sampling.sample_langevin(
+        lambda y: GM.score(y.double()), x, step, n, generator=g
+    )
+    assert out.dtype == dtype and all_finite(out)
+    levels = torch.tensor([1.0, 0.5, 0.05], dtype=F64)
+    out = sampling.sample_annealed_langevin(
+        GM.denoiser(sch), x, levels, n_steps_each=n, generator=g
+    )
+    assert out.dtype == dtype and all_finite(out)
+
+
+@covers(
+    "metrics.sliced_wasserstein",
+    "metrics.mmd",
+    "metrics.energy_distance",
+    "metrics.log_likelihood",
+)
+@SETTINGS
+@given(
+    seed=seeds,
+    n=st.integers(2, 30),
+    m=st.integers(2, 30),
+    D=st.integers(1, 4),
+    scale=st.floats(1e-3, 1e3),
+    dtype=dtypes,
+)
+def test_sample_metrics_are_finite(seed, n, m, D, scale, dtype):
+    x, y = randn(seed, n, D, dtype=dtype) * scale, randn(seed + 1, m, D, dtype=dtype)
+    sw = metrics.sliced_wasserstein(x, y, 16, torch.Generator().manual_seed(seed))
+    assert math.isfinite(sw) and sw >= 0
+    assert math.isfinite(metrics.mmd(x, y)) and math.isfinite(
+        metrics.energy_distance(x, y)
+    )
+    assert math.isfinite(metrics.log_likelihood(GM, randn(seed, n, 2, dtype=F64)))
+
+
+@covers("metrics.pf_ode_log_likelihood", "metrics.straightness")
+@FEW
+@given(
+    sch=st.sampled_from(SCHEDULES[:4]),
+    seed=seeds,
+    t_max=st.sampled_from([1.0, 0.9]),
+    divergence=st.sampled_from(["exact", "hutchinson"]),
+)
+def test_ode_metrics_are_finite(sch, seed, t_max, divergence):
+    den = GM.denoiser(sch)
+    x = GM.sample(3, torch.Generator().manual_seed(seed)).float()
+    ll = metrics.pf_ode_log_likelihood(
+        den,
+        x,
+        t_max=t_max,
+        rtol=1e-3,
+        atol=1e-3,
+        divergence=divergence,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    assert ll.shape == (3,) and all_finite(ll)
+    s = metrics.straightness(den, x, torch.tensor([t_max, 0.5, 0.01]), relative=True)
+    assert math.isfinite(s) and s >= 0
+
+
+@covers(
+    "train.EMA",
+    "train.EMA.update",
+    "train.EMA.current_decay",
+    "train.EMA.state_dict",
+    "train.EMA.load_state_dict",
+    "train.train",
+    "train.save_checkpoint",
+    "train.load_checkpoint",
+    "train.init_distributed",
+)
+@FEW
+@given(
+    decay=st.floats(0.0, 0.9999),
+    warmup=st.booleans(),
+    seed=st.sampled_from([0, 2**32 - 1]),
+    dtype=dtypes,
+)
+def test_training_is_finite(tmp_path_factory, decay, warmup, seed, dtype):
+    ema = train.EMA(mlp(), decay, warmup)
+    ema.update(mlp())
+    assert 0 <= ema.current_decay() <= decay
+    other = train.EMA(mlp(), 0.5)
+    other.load_state_dict(ema.state_dict())
+    assert other.decay == decay and other.num_updates == 1
+    torch.manual_seed(0)
+    net = nets.MLP(2, hidden=8, depth=2, emb_dim=4)
+    path = tmp_path_factory.mktemp("ckpt") / "run.pt"
+    result = train.train(
+        net,
+        lambda m, b, g: losses.denoising_loss(m, b, S.VPLinear(), generator=g),
+        randn(seed % 1000, 32, 2, dtype=dtype),
+        steps=3,
+        batch_size=8,
+        seed=seed,
+        ema_decay=decay,
+        progress=False,
+        checkpoint=path,
+    )
+    assert len(result.losses) == 3 and all_finite(result.losses)
+    state = train.load_checkpoint(path)
+    train.save_checkpoint(path, state)
+    assert train.init_distributed() == (0, 1)
+
+
+@covers(
+    "runtime.device",
+    "runtime.has_gpu",
+    "runtime.in_colab",
+    "runtime.full_scale",
+    "runtime.gpu_cell",
+    "runtime.seed_everything",
+    "runtime.timer",
+    "runtime.show_source",
+)
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), label=st.one_of(st.none(), st.text(max_size=5)))
+def test_runtime_helpers(seed, label, capsys):
+    g = runtime.seed_everything(seed)
+    assert g.initial_seed() == seed
+    assert isinstance(runtime.device(), torch.device)
+    assert isinstance(runtime.has_gpu(), bool) and isinstance(runtime.in_colab(), bool)
+    assert runtime.gpu_cell("a property test") == runtime.full_scale()
+    out = {}
+    with runtime.timer(label, out):
+        pass
+    assert out["seconds"] >= 0
+    assert "def device" in runtime.show_source(runtime.device, display=False)
+    capsys.readouterr()
+
+
+@covers(
+    "fullscale.generate",
+    "fullscale.score_images",
+    "fullscale.ImageExperiment.summary",
+)
+@FEW
+@given(
+    seed=seeds,
+    sampler=st.sampled_from(sorted(fullscale.SAMPLERS)),
+    steps=st.integers(1, 3),
+)
+def test_full_scale_helpers_are_finite(seed, sampler, steps):
+    den = param.Denoiser(lambda x, t: torch.zeros_like(x), S.VPLinear())
+    imgs = fullscale.generate(
+        den,
+        sampler,
+        steps,
+        3,
+        (1, 4, 4),
+        seed=seed,
+        batch=2,
+        progress=False,
+        device="cpu",
+    )
+    assert imgs.shape == (3, 1, 4, 4) and all_finite(imgs)
+    ref = randn(seed, 4, 1, 4, 4).clamp(-1, 1)
+    scores, notes = fullscale.score_images(
+        imgs, ref, real=ref.flip(0), fid=False, n_pixel=3, seed=seed
+    )
+    assert all_finite([v for v in scores.values() if v is not None])
+    run = fullscale.ImageExperiment(
+        "digits", nets.MLP(2), None, den, [1.0], 1, 1.0, imgs, ref, scores, notes
+    )
+    assert "FID" in run.summary()
+
+
+@covers(
+    "plot.style",
+    "plot.column_width",
+    "plot.check_legible",
+    "plot.samples_2d",
+    "plot.density_contours",
+    "plot.trajectories",
+    "plot.vector_field",
+    "plot.image_grid",
+    "plot.line",
+)
+@FEW
+@given(seed=seeds, vmin=st.floats(-2.0, 0.0), width=st.floats(1e-3, 3.0))
+def test_plots_accept_valid_input(seed, vmin, width):
+    plot.style()
+    try:
+        pts = randn(seed, 20, 2)
+        plot.samples_2d(pts, density=GM.log_prob)
+        plot.density_contours(GM.log_prob, 3.0, n=10)
+        plot.trajectories(randn(seed, 3, 5, 2))
+        plot.vector_field(lambda z: -z, 3.0, n=5)
+        plot.image_grid(torch.rand(5, 1, 4, 4), vmin=vmin, vmax=vmin + width)
+        plot.image_grid(torch.zeros(2, 3, 4, 4))
+        ax = plot.line([1, 2, 3], {"a": [1.0, 2.0, 3.0]})
+        assert isinstance(plot.check_legible(ax.figure), list)
+        assert plot.column_width() > 0
+    finally:
+        plt.close("all")
+
+
+# === coverage of the public API =======================================================
+MODULES = {
+    "schedules": S,
+    "param": param,
+    "analytic": analytic,
+    "data": data,
+    "nets": nets,
+    "losses": losses,
+    "sampling": sampling,
+    "metrics": metrics,
+    "train": train,
+    "fullscale": fullscale,
+    "plot": plot,
+    "runtime": runtime,
+}
+# not functions: constants, containers and exceptions; and what cannot run on a CPU in
+# a unit test or needs the network (each is tested in its module's own tests)
+NOT_FUNCTIONS = {
+    "schedules.Schedule",
+    "schedules.Coefficients",
+    "schedules.SCHEDULES",
+    "param.KINDS",
+    "data.TOY_2D",
+    "data.FULL_SCALE_DATASETS",
+    "sampling.SPACINGS",
+    "train.TrainResult",
+    "fullscale.DATASETS",
+    "fullscale.SAMPLERS",
+    "fullscale.ImageExperiment",
+    "plot.COLORS",
+    "plot.COLUMN_PX",
+    "plot.MIN_TEXT_PT",
+    "plot.IllegibleFigureWarning",
+    "nets.SinusoidalEmbedding.extra_repr",
+    "nets.MLP.extra_repr",
+    "nets.UNet.extra_repr",
+}
+NEEDS_MORE_THAN_A_UNIT_TEST = {
+    "data.image_dataset",  # downloads (bad input is tested below)
+    "fullscale.run_image_experiment",  # trains a U-Net (tests/test_fullscale.py)
+    "nets.UNet.ddpm_cifar10",  # 36 M parameters (bad input is tested below)
+}
+
+
+def public_api() -> set[str]:
+    names = set()
+    for short, mod in MODULES.items():
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            names.add(f"{short}.{name}")
+            if not inspect.isclass(obj):
+                continue
+            for klass in obj.__mro__:
+                if not klass.__module__.startswith("dlib."):
+                    continue
+                for attr, value in vars(klass).items():
+                    if attr.startswith("_") or not (
+                        inspect.isfunction(value)
+                        or isinstance(value, (classmethod, staticmethod))
+                    ):
+                        continue
+                    owner = klass.__module__.split(".")[-1]
+                    names.add(f"{owner}.{klass.__qualname__}.{attr}")
+    return names
+
+
+def test_every_public_function_is_covered():
+    missing = public_api() - COVERED - NOT_FUNCTIONS - NEEDS_MORE_THAN_A_UNIT_TEST
+    assert not missing, f"public names without a property test: {sorted(missing)}"
+    stale = COVERED - public_api()
+    assert not stale, f"covered names that are not public: {sorted(stale)}"
+
+
+# === 2. bad input gives a ValueError naming the argument ==============================
+X = randn(0, 4, 2)
+DEN = GM.denoiser(S.VPLinear())
+TS = torch.tensor([1.0, 0.5, 0.0], dtype=F64)
+
+
+def with_bad(x, index, value):
+    y = x.clone()
+    y.view(-1)[index % y.numel()] = value
+    return y
+
+
+bad_times = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: not 0 <= v <= 1),
+    st.text(max_size=3),
+    st.none(),
+    st.booleans(),
+)
+bad_counts = st.one_of(
+    st.integers(max_value=0),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.text(max_size=3),
+    st.none(),
+)
+bad_positive = st.one_of(
+    st.floats(max_value=0.0),
+    st.sampled_from([nan, inf]),
+    st.text(max_size=3),
+    st.none(),
+    st.booleans(),
+)
+bad_fractions = st.one_of(
+    st.floats().filter(lambda v: not 0 <= v < 1),
+    st.sampled_from([nan, "0.5", None, True]),
+)
+bad_generators = st.one_of(
+    st.integers(), st.text(max_size=3), st.booleans(), st.just(np.random.default_rng(0))
+)
+not_callables = st.one_of(
+    st.integers(), st.text(max_size=3), st.none(), st.floats(), st.just(torch.zeros(2))
+)
+bad_schedules = st.one_of(
+    st.text(max_size=8), st.none(), st.integers(), st.just(S.VPLinear), st.just(GM)
+)
+bad_denoisers = st.one_of(
+    st.none(), st.text(max_size=3), st.just(mlp()), st.just(lambda x, t: x), st.just(GM)
+)
+bad_flags = st.one_of(st.text(max_size=3), st.integers(), st.none())
+bad_seeds = st.one_of(
+    st.integers(max_value=-1),
+    st.integers(min_value=2**32),
+    st.booleans(),
+    st.floats(),
+    st.text(max_size=3),
+)
+
+
+def bad_options(*allowed):
+    return st.one_of(
+        st.text(max_size=8).filter(lambda s: s not in allowed), st.integers(), st.none()
+    )
+
+
+def nonfinite(x):
+    """``x`` with one entry replaced by NaN or +-inf."""
+    return st.builds(
+        with_bad, st.just(x), st.integers(0, 10**6), st.sampled_from([nan, inf, -inf])
+    )
+
+
+def bad_batches(x):
+    """Wrong types, NaN/inf entries, an empty batch, no batch dimension, wrong
+    dtypes."""
+    return st.one_of(
+        st.none(),
+        st.text(max_size=3),
+        st.floats(),
+        st.just(x.tolist()),
+        nonfinite(x),
+        st.just(x[:0]),
+        st.just(x[0]),
+        st.just(x > 0),
+        st.just(x.to(torch.complex64)),
+    )
+
+
+def bad_grids():
+    return st.one_of(
+        st.none(),
+        st.text(max_size=3),
+        st.just([0.1, 0.5, 1.0]),
+        st.just([1.0, 1.0, 0.0]),
+        st.just([1.5, 0.5]),
+        st.just([1.0, nan, 0.0]),
+        st.just([]),
+        st.just([1.0]),
+        st.just([[1.0, 0.5]]),
+    )
+
+
+# (label, argument, strategy of bad values, call with the bad value)
+BAD = [
+    # times outside [0, 1], NaN, wrong types
+    ("Schedule.alpha", "t", bad_times, lambda v: S.VPCosine().alpha(v)),
+    ("Schedule.coefficients", "t", bad_times, lambda v: S.VE().coefficients(v)),
+    ("Schedule.posterior", "s", bad_times, lambda v: S.VPLinear().posterior(v, 1.0)),
+    (
+        "Schedule.transition",
+        "t",
+        bad_times,
+        lambda v: S.LinearInterpolant().transition(0.0, v),
+    ),
+    (
+        "Schedule.t_from_log_snr",
+        "lam",
+        st.one_of(st.none(), st.text(max_size=3), st.just(nan), st.booleans()),
+        lambda v: S.VPLinear().t_from_log_snr(v),
+    ),
+    ("Denoiser.predict", "t", bad_times, lambda v: DEN.predict(X, v)),
+    ("target", "t", bad_times, lambda v: param.target("eps", X, X, v, S.VE())),
+    ("elbo_weight", "t", bad_times, lambda v: losses.elbo_weight("v", v, S.VE())),
+    ("time_grid", "t_min", bad_times, lambda v: sampling.time_grid(3, 1.0, v)),
+    (
+        "pf_ode_log_likelihood",
+        "t_max",
+        bad_times,
+        lambda v: metrics.pf_ode_log_likelihood(DEN, X, t_max=v),
+    ),
+    (
+        "denoising_loss",
+        "t_range",
+        st.one_of(
+            st.tuples(bad_times, st.just(1.0)),
+            st.tuples(st.just(0.5), st.just(0.1)),
+            st.none(),
+            st.text(max_size=3),
+            st.just((0.1, 0.5, 0.9)),
+        ),
+        lambda v: losses.denoising_loss(mlp(), X, S.VPLinear(), t_range=v),
+    ),
+    # mismatched shapes
+    (
+        "from_x0_eps",
+        "x0",
+        st.sampled_from([X[:3], X[:, :1], randn(1, 4, 3)]),
+        lambda v: param.from_x0_eps(v, X, "v", X, 0.5, S.VPLinear()),
+    ),
+    (
+        "convert",
+        "pred",
+        st.sampled_from([X[:3], randn(1, 4, 3)]),
+        lambda v: param.convert(v, "eps", "x0", X, 0.5, S.VPLinear()),
+    ),
+    (
+        "Schedule.transition",
+        "s",
+        st.sampled_from([torch.full((3,), 0.1), torch.full((2, 2), 0.1)]),
+        lambda v: S.VPLinear().transition(v, torch.full((4,), 0.5)),
+    ),
+    (
+        "Denoiser.predict",
+        "t",
+        st.sampled_from([torch.full((5,), 0.5), torch.full((4, 1), 0.5)]),
+        lambda v: DEN.predict(X, v),
+    ),
+    (
+        "gaussian_kl",
+        "var2",
+        st.sampled_from([torch.ones(2), torch.ones(4, 2)]),
+        lambda v: losses.gaussian_kl(torch.zeros(3), torch.ones(3), torch.zeros(3), v),
+    ),
+    (
+        "sample_xt",
+        "eps",
+        st.sampled_from([X[:3], X[:, :1]]),
+        lambda v: losses.sample_xt(X, 0.5, S.VPLinear(), eps=v),
+    ),
+    (
+        "sample_euler",
+        "x",
+        st.sampled_from([randn(0, 4, 3), randn(0, 4, 2, 1)]),
+        lambda v: sampling.sample_euler(DEN, v, TS),
+    ),
+    (
+        "MLP.forward",
+        "x",
+        st.sampled_from([randn(0, 4, 3), randn(0, 4)]),
+        lambda v: mlp()(v, 0.5),
+    ),
+    # bad data: wrong types, NaN/inf, empty batches, wrong dtypes
+    (
+        "convert",
+        "x",
+        bad_batches(X),
+        lambda v: param.convert(X, "eps", "x0", v, 0.5, S.VPLinear()),
+    ),
+    ("Denoiser.velocity", "x", bad_batches(X), lambda v: DEN.velocity(v, 0.5)),
+    (
+        "denoising_loss",
+        "x0",
+        bad_batches(X),
+        lambda v: losses.denoising_loss(mlp(), v, S.VPLinear()),
+    ),
+    (
+        "dsm_loss",
+        "x0",
+        bad_batches(X),
+        lambda v: losses.dsm_loss(DEN.score, v, 0.5, S.VPLinear()),
+    ),
+    (
+        "esm_loss",
+        "x",
+        bad_batches(X),
+        lambda v: losses.esm_loss(DEN.score, DEN.score, v, 0.5),
+    ),
+    (
+        "continuous_nelbo",
+        "x0",
+        bad_batches(X),
+        lambda v: losses.continuous_nelbo(DEN, v),
+    ),
+    (
+        "sample_ancestral",
+        "x",
+        bad_batches(X),
+        lambda v: sampling.sample_ancestral(DEN, v, TS),
+    ),
+    (
+        "sample_langevin",
+        "x",
+        bad_batches(X),
+        lambda v: sampling.sample_langevin(lambda y: -y, v, 0.1, 2),
+    ),
+    (
+        "sliced_wasserstein",
+        "x",
+        st.one_of(
+            nonfinite(X), st.none(), st.text(max_size=3), st.just(X > 0), st.just(X[:1])
+        ),
+        lambda v: metrics.sliced_wasserstein(v, X),
+    ),
+    ("mmd", "y", nonfinite(X), lambda v: metrics.mmd(X, v)),
+    ("energy_distance", "x", nonfinite(X), lambda v: metrics.energy_distance(v, X)),
+    (
+        "log_likelihood",
+        "x",
+        bad_batches(X.double()),
+        lambda v: metrics.log_likelihood(GM, v),
+    ),
+    (
+        "gaussian_kl",
+        "mean1",
+        st.one_of(nonfinite(torch.zeros(3)), st.none(), st.text(max_size=3)),
+        lambda v: losses.gaussian_kl(v, torch.ones(3), torch.zeros(3), torch.ones(3)),
+    ),
+    (
+        "GaussianMixture",
+        "means",
+        st.one_of(nonfinite(torch.zeros(2, 2)), st.none(), st.text(max_size=3)),
+        lambda v: analytic.GaussianMixture(v),
+    ),
+    (
+        "train",
+        "data",
+        st.one_of(nonfinite(X), st.just(X[:0]), st.integers()),
+        lambda v: train.train(
+            mlp(), lambda m, b, g: m(b, 0.5).sum(), v, steps=1, progress=False
+        ),
+    ),
+    (
+        "to_images",
+        "x",
+        st.one_of(nonfinite(torch.zeros(2, 4)), st.none()),
+        lambda v: data.to_images(v, 2),
+    ),
+    (
+        "score_images",
+        "samples",
+        st.one_of(nonfinite(torch.zeros(2, 1, 2, 2)), st.none()),
+        lambda v: fullscale.score_images(v, torch.zeros(2, 1, 2, 2), fid=False),
+    ),
+    (
+        "image_grid",
+        "images",
+        st.one_of(
+            nonfinite(torch.zeros(2, 1, 2, 2)),
+            st.none(),
+            st.just(torch.zeros(2, 1, 2, 2) > 0),
+        ),
+        lambda v: plot.image_grid(v),
+    ),
+    # wrong types for a schedule, a denoiser, a generator
+    ("sample_xt", "schedule", bad_schedules, lambda v: losses.sample_xt(X, 0.5, v)),
+    ("Denoiser", "schedule", bad_schedules, lambda v: param.Denoiser(mlp(), v)),
+    (
+        "time_grid",
+        "schedule",
+        bad_schedules,
+        lambda v: sampling.time_grid(3, spacing="log_snr", schedule=v),
+    ),
+    (
+        "AnalyticDenoiser",
+        "schedule",
+        bad_schedules,
+        lambda v: analytic.AnalyticDenoiser(GM, v),
+    ),
+    (
+        "sample_heun",
+        "denoiser",
+        bad_denoisers,
+        lambda v: sampling.sample_heun(v, X, TS),
+    ),
+    (
+        "straightness",
+        "denoiser",
+        bad_denoisers,
+        lambda v: metrics.straightness(v, X, TS[:2]),
+    ),
+    (
+        "change_schedule",
+        "denoiser",
+        bad_denoisers,
+        lambda v: param.change_schedule(v, S.VE()),
+    ),
+    (
+        "continuous_nelbo",
+        "denoiser",
+        bad_denoisers,
+        lambda v: losses.continuous_nelbo(v, X),
+    ),
+    (
+        "AnalyticDenoiser",
+        "model",
+        st.one_of(st.none(), st.text(max_size=3), st.just(mlp())),
+        lambda v: analytic.AnalyticDenoiser(v, S.VE()),
+    ),
+    (
+        "sample_ancestral",
+        "generator",
+        bad_generators,
+        lambda v: sampling.sample_ancestral(DEN, X, TS, generator=v),
+    ),
+    (
+        "denoising_loss",
+        "generator",
+        bad_generators,
+        lambda v: losses.denoising_loss(mlp(), X, S.VE(), generator=v),
+    ),
+    ("batches", "generator", bad_generators, lambda v: data.batches(X, 2, v)),
+    ("GaussianMixture.sample", "generator", bad_generators, lambda v: GM.sample(2, v)),
+    (
+        "sliced_wasserstein",
+        "generator",
+        bad_generators,
+        lambda v: metrics.sliced_wasserstein(X, X, generator=v),
+    ),
+    (
+        "continuous_nelbo",
+        "generator",
+        bad_generators,
+        lambda v: losses.continuous_nelbo(DEN, X, generator=v),
+    ),
+    # non-callables
+    (
+        "sample_euler",
+        "callback",
+        not_callables.filter(lambda v: v is not None),
+        lambda v: sampling.sample_euler(DEN, X, TS, callback=v),
+    ),
+    (
+        "denoising_loss",
+        "net",
+        not_callables,
+        lambda v: losses.denoising_loss(v, X, S.VE()),
+    ),
+    (
+        "denoising_loss",
+        "weight",
+        not_callables.filter(lambda v: v is not None),
+        lambda v: losses.denoising_loss(mlp(), X, S.VE(), weight=v),
+    ),
+    (
+        "dsm_loss",
+        "score_fn",
+        not_callables,
+        lambda v: losses.dsm_loss(v, X, 0.5, S.VE()),
+    ),
+    (
+        "esm_loss",
+        "true_score",
+        not_callables,
+        lambda v: losses.esm_loss(DEN.score, v, X, 0.5),
+    ),
+    (
+        "sample_langevin",
+        "score_fn",
+        not_callables,
+        lambda v: sampling.sample_langevin(v, X, 0.1, 2),
+    ),
+    ("Denoiser", "fn", not_callables, lambda v: param.Denoiser(v, S.VE())),
+    (
+        "train",
+        "loss_fn",
+        not_callables,
+        lambda v: train.train(mlp(), v, X, steps=1, progress=False),
+    ),
+    (
+        "pf_ode_log_likelihood",
+        "prior_log_prob",
+        not_callables.filter(lambda v: v is not None),
+        lambda v: metrics.pf_ode_log_likelihood(DEN, X, prior_log_prob=v),
+    ),
+    # NaN where a check reads "x < 0"; zero, negative and out-of-range numbers
+    (
+        "sample_ancestral",
+        "eta",
+        st.one_of(
+            st.just(nan),
+            st.floats().filter(lambda v: not 0 <= v <= 1),
+            st.text(max_size=3),
+        ),
+        lambda v: sampling.sample_ancestral(DEN, X, TS, eta=v),
+    ),
+    (
+        "sample_ancestral",
+        "clip_x0",
+        bad_positive.filter(lambda v: v is not None),
+        lambda v: sampling.sample_ancestral(DEN, X, TS, clip_x0=v),
+    ),
+    ("ddpm_betas", "s", bad_positive, lambda v: S.ddpm_betas("cosine", 10, s=v)),
+    (
+        "ddpm_betas",
+        "max_beta",
+        st.one_of(st.floats().filter(lambda v: not 0 < v < 1), st.just(nan)),
+        lambda v: S.ddpm_betas("cosine", 10, max_beta=v),
+    ),
+    ("ring", "std", bad_positive, lambda v: analytic.ring(std=v)),
+    ("ring", "radius", bad_positive, lambda v: analytic.ring(radius=v)),
+    ("VPLinear", "beta_max", bad_positive, lambda v: S.VPLinear(beta_max=v)),
+    ("VE", "sigma_min", bad_positive, lambda v: S.VE(sigma_min=v)),
+    ("EMA", "decay", bad_fractions, lambda v: train.EMA(mlp(), v)),
+    (
+        "EMA.load_state_dict",
+        "state['decay']",
+        bad_fractions,
+        lambda v: train.EMA(mlp()).load_state_dict(
+            {**train.EMA(mlp()).state_dict(), "decay": v}
+        ),
+    ),
+    (
+        "pf_ode_log_likelihood",
+        "rtol",
+        bad_positive,
+        lambda v: metrics.pf_ode_log_likelihood(DEN, X, rtol=v),
+    ),
+    (
+        "sample_ode",
+        "atol",
+        bad_positive,
+        lambda v: sampling.sample_ode(DEN, X, TS, atol=v),
+    ),
+    (
+        "sample_langevin",
+        "step_size",
+        bad_positive,
+        lambda v: sampling.sample_langevin(lambda y: -y, X, v, 2),
+    ),
+    (
+        "train",
+        "lr",
+        bad_positive,
+        lambda v: train.train(
+            mlp(), lambda m, b, g: m(b, 0.5).sum(), X, steps=1, lr=v, progress=False
+        ),
+    ),
+    (
+        "two_moons",
+        "noise",
+        st.one_of(st.floats(max_value=-1e-9), st.just(nan), st.text(max_size=3)),
+        lambda v: data.two_moons(5, noise=v),
+    ),
+    (
+        "mmd",
+        "bandwidths",
+        st.one_of(st.just(()), st.tuples(bad_positive), st.floats(), st.none()),
+        lambda v: metrics.mmd(X, X, v),
+    ),
+    (
+        "image_grid",
+        "vmax",
+        st.one_of(st.floats(max_value=-1.0), st.just(nan), st.just(inf), st.none()),
+        lambda v: plot.image_grid(torch.zeros(2, 1, 2, 2), vmin=-1.0, vmax=v),
+    ),
+    # zero, negative, bool and non-integer counts
+    ("time_grid", "n_steps", bad_counts, lambda v: sampling.time_grid(v)),
+    ("ddpm_betas", "T", bad_counts, lambda v: S.ddpm_betas("linear", v)),
+    ("GaussianMixture.sample", "n", bad_counts, lambda v: GM.sample(v)),
+    ("ring", "k", bad_counts, lambda v: analytic.ring(v)),
+    ("toy_2d", "n", bad_counts, lambda v: data.toy_2d("moons", v)),
+    ("batches", "batch_size", bad_counts, lambda v: data.batches(X, v, None)),
+    ("MLP", "hidden", bad_counts, lambda v: nets.MLP(2, v)),
+    (
+        "UNet",
+        "emb_dim",
+        st.one_of(bad_counts, st.sampled_from([3, 5, 63])),
+        lambda v: nets.UNet(emb_dim=v),
+    ),
+    (
+        "UNet.ddpm_cifar10",
+        "dropout",
+        bad_fractions,
+        lambda v: nets.UNet.ddpm_cifar10(dropout=v),
+    ),
+    (
+        "sample_langevin",
+        "n_steps",
+        bad_counts,
+        lambda v: sampling.sample_langevin(lambda y: -y, X, 0.1, v),
+    ),
+    (
+        "sample_predictor_corrector",
+        "n_corrector",
+        st.one_of(st.integers(max_value=-1), st.booleans(), st.floats()),
+        lambda v: sampling.sample_predictor_corrector(DEN, X, TS, n_corrector=v),
+    ),
+    (
+        "continuous_nelbo",
+        "n_t",
+        bad_counts,
+        lambda v: losses.continuous_nelbo(DEN, X, n_t=v),
+    ),
+    (
+        "sliced_wasserstein",
+        "n_projections",
+        bad_counts,
+        lambda v: metrics.sliced_wasserstein(X, X, v),
+    ),
+    (
+        "train",
+        "steps",
+        bad_counts,
+        lambda v: train.train(
+            mlp(), lambda m, b, g: m(b, 0.5).sum(), X, steps=v, progress=False
+        ),
+    ),
+    (
+        "generate",
+        "n_samples",
+        bad_counts,
+        lambda v: fullscale.generate(DEN, n_samples=v),
+    ),
+    ("seed_everything", "seed", bad_seeds, lambda v: runtime.seed_everything(v)),
+    ("digits", "seed", bad_seeds, lambda v: data.digits(seed=v)),
+    (
+        "train",
+        "seed",
+        bad_seeds,
+        lambda v: train.train(
+            mlp(), lambda m, b, g: m(b, 0.5).sum(), X, steps=1, seed=v, progress=False
+        ),
+    ),
+    # unknown options and flags
+    (
+        "convert",
+        "prediction kind",
+        bad_options(*param.KINDS),
+        lambda v: param.convert(X, v, "eps", X, 0.5, S.VE()),
+    ),
+    (
+        "Denoiser.predict",
+        "prediction kind",
+        bad_options(*param.KINDS).filter(lambda v: v is not None),
+        lambda v: DEN.predict(X, 0.5, v),
+    ),
+    (
+        "get_schedule",
+        "schedule",
+        bad_options(*S.SCHEDULES),
+        lambda v: S.get_schedule(v),
+    ),
+    (
+        "time_grid",
+        "spacing",
+        bad_options(*sampling.SPACINGS),
+        lambda v: sampling.time_grid(3, spacing=v),
+    ),
+    (
+        "sample_ode",
+        "method",
+        bad_options("RK45", "DOP853", "Radau", "LSODA"),
+        lambda v: sampling.sample_ode(DEN, X, TS, method=v),
+    ),
+    ("toy_2d", "toy data set", bad_options(*data.TOY_2D), lambda v: data.toy_2d(v, 5)),
+    ("digits", "split", bad_options("train", "test", "all"), lambda v: data.digits(v)),
+    (
+        "image_dataset",
+        "full-scale data set",
+        bad_options(*data.FULL_SCALE_DATASETS),
+        lambda v: data.image_dataset(v),
+    ),
+    (
+        "image_dataset",
+        "train",
+        bad_flags,
+        lambda v: data.image_dataset("mnist", train=v),
+    ),
+    (
+        "continuous_nelbo",
+        "sampling",
+        bad_options("uniform", "log_snr"),
+        lambda v: losses.continuous_nelbo(DEN, X, sampling=v),
+    ),
+    (
+        "pf_ode_log_likelihood",
+        "divergence",
+        bad_options("exact", "hutchinson"),
+        lambda v: metrics.pf_ode_log_likelihood(DEN, X, divergence=v),
+    ),
+    (
+        "sample_heun",
+        "progress",
+        bad_flags.filter(lambda v: v is not None),
+        lambda v: sampling.sample_heun(DEN, X, TS, progress=v),
+    ),
+    (
+        "sample_ode",
+        "progress",
+        bad_flags.filter(lambda v: v is not None),
+        lambda v: sampling.sample_ode(DEN, X, TS, progress=v),
+    ),
+    (
+        "time_grid",
+        "final_zero",
+        bad_flags,
+        lambda v: sampling.time_grid(3, final_zero=v),
+    ),
+    (
+        "denoising_loss",
+        "reduce",
+        bad_flags,
+        lambda v: losses.denoising_loss(mlp(), X, S.VE(), reduce=v),
+    ),
+    (
+        "straightness",
+        "relative",
+        bad_flags,
+        lambda v: metrics.straightness(DEN, X, TS[:2], relative=v),
+    ),
+    ("EMA", "warmup", bad_flags, lambda v: train.EMA(mlp(), warmup=v)),
+    (
+        "show_source",
+        "display",
+        bad_flags,
+        lambda v: runtime.show_source(runtime.device, display=v),
+    ),
+    (
+        "timer",
+        "out",
+        st.one_of(st.lists(st.integers()), st.text(max_size=3)),
+        lambda v: runtime.timer(out=v).__enter__(),
+    ),
+    ("UNet", "mid_attention", bad_flags, lambda v: nets.UNet(mid_attention=v)),
+    (
+        "generate",
+        "device",
+        st.sampled_from(["gpu0", "nope", True]),
+        lambda v: fullscale.generate(DEN, device=v),
+    ),
+]
+
+
+def _names_argument(message: str, name: str) -> bool:
+    message, name = message.lower(), name.lower()
+    if re.fullmatch(r"\w+", name):
+        return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", message) is not None
+    return name in message
+
+
+@pytest.mark.parametrize(
+    "label, arg, values, call", BAD, ids=[f"{b[0]}-{b[1]}" for b in BAD]
+)
+@FEW
+@given(data_=st.data())
+def test_bad_input_gives_a_value_error_naming_the_argument(
+    label, arg, values, call, data_
+):
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
+
+
+@pytest.mark.parametrize("path_kind", ["folder", "text", "list"])
+def test_a_file_that_is_not_a_checkpoint_names_the_path(tmp_path, path_kind):
+    path = tmp_path / "x.pt"
+    if path_kind == "folder":
+        path = tmp_path
+    elif path_kind == "text":
+        path.write_text("not a checkpoint")
+    else:
+        torch.save([1, 2], path)
+    with pytest.raises(ValueError, match="path"):
+        train.load_checkpoint(path)
+    if path_kind != "folder":
+        with pytest.raises(ValueError, match="checkpoint"):
+            train.train(
+                mlp(),
+                lambda m, b, g: m(b, 0.5).sum(),
+                X,
+                steps=1,
+                progress=False,
+                checkpoint=path,
+                resume=True,
+            )
+
+
+# === the boundary bugs and accepted-though-wrong inputs of issue 5 §8, one by one =====
+@pytest.mark.parametrize("sch", [S.VPLinear(), S.DiscreteVP(S.ddpm_betas("linear"))])
+def test_vp_d_sigma_at_zero_is_plus_infinity_and_velocity_says_singular(sch):
+    assert sch.d_sigma(0.0).item() == inf
+    assert sch.d_sigma(torch.tensor([0.0], dtype=F32)).item() == inf
+    den = param.Denoiser(mlp(), sch, "eps")
+    with pytest.raises(ValueError, match="singular"):
+        den.velocity(X, 0.0)
+    with pytest.raises(ValueError, match="singular"):
+        losses.denoising_loss(mlp(), X, sch, "velocity", t=0.0)
+
+
+def test_linear_path_sde_and_posterior_at_the_ends():
+    # alpha = 1 - t, sigma = t: f = -1/(1 - t), g^2 = 2t/(1 - t)
+    f, g2 = S.LinearInterpolant().sde(torch.tensor([0.0, 0.5], dtype=F64))
+    torch.testing.assert_close(f, torch.tensor([-1.0, -2.0], dtype=F64))
+    torch.testing.assert_close(g2, torch.tensor([0.0, 2.0], dtype=F64))
+    for sch in SCHEDULES:
+        a, b, var = sch.posterior(0.0, 0.0)
+        assert (a.item(), b.item(), var.item()) == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("sch", SCHEDULES)
+def test_elbo_weights_at_zero_are_not_nan(sch):
+    for kind in ("score", "velocity"):
+        w = losses.elbo_weight(kind, torch.tensor([0.0, 1.0]), sch)
+        assert not has_nan(w)
+
+
+def test_vp_cosine_is_consistent_in_float32_at_one():
+    sch = S.VPCosine()
+    t32, t64 = torch.tensor([1.0], dtype=F32), torch.tensor([1.0], dtype=F64)
+    assert sch.log_snr(t32).item() == pytest.approx(sch.log_snr(t64).item(), rel=1e-6)
+    assert sch.d_log_snr(t32).item() < 0 and sch.sde(t32)[1].item() > 0
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: S.ddpm_betas("cosine", 10, max_beta=2.0), "max_beta"),
+        (lambda: S.ddpm_betas("cosine", 10, max_beta=0.0), "max_beta"),
+        (lambda: S.ddpm_betas("cosine", 10, s=nan), "s"),
+        (lambda: sampling.sample_ancestral(DEN, X, TS, clip_x0=-1.0), "clip_x0"),
+        (lambda: sampling.sample_ancestral(DEN, X, TS, clip_x0=nan), "clip_x0"),
+        (lambda: sampling.sample_ancestral(DEN, X, TS, eta=nan), "eta"),
+        (lambda: analytic.ring(std=-0.5), "std"),
+        (
+            lambda: train.EMA(mlp()).load_state_dict(
+                {**train.EMA(mlp()).state_dict(), "decay": 1.5}
+            ),
+            "decay",
+        ),
+        (lambda: analytic.AnalyticDenoiser(None, S.VPLinear()), "model"),
+        (lambda: metrics.pf_ode_log_likelihood(DEN, X, rtol=-1.0), "rtol"),
+        (lambda: plot.image_grid(torch.zeros(2, 1, 2, 2), vmin=0.5, vmax=0.5), "vmax"),
+        (lambda: losses.denoising_loss(mlp(), X[:0], S.VPLinear()), "x0"),
+        (
+            lambda: losses.gaussian_kl(
+                torch.zeros(3), torch.ones(3), torch.zeros(4), torch.ones(4)
+            ),
+            "var2",
+        ),
+    ],
+)
+def test_accepted_though_wrong_is_now_refused(call, name):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert _names_argument(str(info.value), name), str(info.value)
+
+
+def test_float64_data_go_through_float32_networks():
+    x64 = randn(0, 4, 2, dtype=F64)
+    out = mlp()(x64, 0.5)
+    assert out.dtype == F64
+    torch.testing.assert_close(out.float(), mlp()(x64.float(), 0.5))
+    den = param.Denoiser(mlp(), S.VPLinear(), "eps")
+    assert den.velocity(x64, 0.5).dtype == F64
+
+
+def test_train_on_nan_data_blames_the_data():
+    with pytest.raises(ValueError, match="data contains 1 NaN or inf"):
+        train.train(
+            mlp(),
+            lambda m, b, g: m(b, 0.5).sum(),
+            with_bad(X, 0, nan),
+            steps=1,
+            progress=False,
+        )
