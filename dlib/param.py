@@ -109,24 +109,30 @@ def _bcast_all(c: Coefficients, x: torch.Tensor) -> Coefficients:
     return Coefficients(*(C.bcast(v, x) for v in c))
 
 
+def _lin(p, x, q, y):
+    """p x + q y. With float coefficients (one time for the batch: the samplers' case)
+    it is two fused tensor operations, which matters for small networks."""
+    if isinstance(p, float) and isinstance(q, float):
+        return torch.add(x if p == 1.0 else x * p, y, alpha=q)
+    return p * x + q * y
+
+
 def _to_pair(pred, kind, x, c):
     """(x0_hat, eps_hat) from a prediction; ``c`` already broadcast against ``x``."""
     a, s = c.alpha, c.sigma
     if kind == "eps":
-        return (x - s * pred) / a, pred
+        return _lin(1 / a, x, -s / a, pred), pred
     if kind == "x0":
-        return pred, (x - a * pred) / s
-    if kind == "score":
-        eps = -s * pred
-        return (x - s * eps) / a, eps
+        return pred, _lin(1 / s, x, -a / s, pred)
+    if kind == "score":  # eps = -s score, x0 = (x + s^2 score) / a
+        return _lin(1 / a, x, s * s / a, pred), pred * -s
     if kind == "v":  # [x; v] = [[a, s], [-s, a]] [x0; eps]
         det = a * a + s * s
-        return (a * x - s * pred) / det, (s * x + a * pred) / det
-    # velocity: [x; u] = [[a, s], [da, ds]] [x0; eps], det = a ds - s da = -a s dlambda
-    # > 0
+        return _lin(a / det, x, -s / det, pred), _lin(s / det, x, a / det, pred)
+    # velocity: [x; u] = [[a, s], [da, ds]] [x0; eps], det = a ds - s da > 0
     da, ds = c.d_alpha, c.d_sigma
     det = a * ds - s * da
-    return (ds * x - s * pred) / det, (a * pred - da * x) / det
+    return _lin(ds / det, x, -s / det, pred), _lin(-da / det, x, a / det, pred)
 
 
 def _from_pair(x0, eps, kind, x, c):
@@ -137,10 +143,10 @@ def _from_pair(x0, eps, kind, x, c):
     if kind == "x0":
         return x0
     if kind == "score":
-        return -eps / c.sigma
+        return eps * (-1 / c.sigma)
     if kind == "v":
-        return c.alpha * eps - c.sigma * x0
-    return c.d_alpha * x0 + c.d_sigma * eps
+        return _lin(c.alpha, eps, -c.sigma, x0)
+    return _lin(c.d_alpha, x0, c.d_sigma, eps)
 
 
 def _x0_eps_from(pred, kind, x, t, schedule):

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import _checks as C
-from .param import Denoiser
+from .param import Denoiser, _lin
 from .schedules import Schedule
 
 __all__ = [
@@ -202,10 +202,10 @@ def sample_ancestral(
         if s == 0:
             x = x0
         else:
-            c2 = eta**2 * post_var[i]
-            x = a_next[i] * x0 + math.sqrt(max(sig_next[i] ** 2 - c2, 0.0)) * eps
+            nu2 = eta**2 * post_var[i]
+            x = _lin(a_next[i], x0, math.sqrt(max(sig_next[i] ** 2 - nu2, 0.0)), eps)
             if eta > 0:
-                x = x + math.sqrt(c2) * _noise(x, generator)
+                x = x.add_(_noise(x, generator), alpha=math.sqrt(nu2))
         _report(callback, i, t, s, x, x0)
     return x
 
@@ -225,10 +225,10 @@ def _sde_coefficients(sch, ts):
 def _reverse_sde_step(x, eps, sigma, f, g2, h, zeta, generator):
     """One Euler–Maruyama step of size h < 0 of the reverse-time family with parameter
     zeta, from eps_hat at (x, t); sigma, f, g2 are the schedule's values at t."""
-    score = -eps / sigma
-    x = x + (f * x - 0.5 * (1 + zeta**2) * g2 * score) * h
+    # x + (f x - (1 + zeta^2)/2 g^2 score) h with score = -eps / sigma
+    x = _lin(1.0 + f * h, x, 0.5 * (1 + zeta**2) * g2 * h / sigma, eps)
     if zeta > 0:
-        x = x + zeta * math.sqrt(g2 * -h) * _noise(x, generator)
+        x = x.add_(_noise(x, generator), alpha=zeta * math.sqrt(g2 * -h))
     return x
 
 
@@ -265,7 +265,7 @@ def sample_euler_maruyama(
 
 
 def _velocity(x0, eps, c):
-    return c.d_alpha * x0 + c.d_sigma * eps
+    return _lin(c.d_alpha, x0, c.d_sigma, eps)
 
 
 @torch.no_grad()
@@ -285,7 +285,11 @@ def sample_euler(
     sch = denoiser.schedule
     for i, t, s in _steps(ts, progress, "Euler"):
         x0, eps = denoiser._x0_eps(x, t)
-        x = x0 if s == 0 else x + (s - t) * _velocity(x0, eps, sch._coefficients(t))
+        if s == 0:
+            x = x0
+        else:  # x + (s - t) v, with v = d alpha x0 + d sigma eps, in two fused steps
+            c = sch._coefficients(t)
+            x = x.add(x0, alpha=(s - t) * c.d_alpha).add_(eps, alpha=(s - t) * c.d_sigma)
         _report(callback, i, t, s, x, x0)
     return x
 
@@ -311,9 +315,9 @@ def sample_heun(
             x = x0
         else:
             d1 = _velocity(x0, eps, sch._coefficients(t))
-            x_e = x + (s - t) * d1
+            x_e = x.add(d1, alpha=s - t)
             d2 = _velocity(*denoiser._x0_eps(x_e, s), sch._coefficients(s))
-            x = x + 0.5 * (s - t) * (d1 + d2)
+            x = x.add(d1, alpha=0.5 * (s - t)).add_(d2, alpha=0.5 * (s - t))
         _report(callback, i, t, s, x, x0)
     return x
 
