@@ -14,6 +14,7 @@ import numbers
 import os
 from typing import Iterable
 
+import numpy as np
 import torch
 
 
@@ -179,10 +180,15 @@ def real_tensor(
     if value is None or isinstance(value, (str, bytes, bool)):
         raise ValueError(f"{what}; got {value!r}")
     if not torch.is_tensor(value):
+        # through NumPy, which keeps Python floats in float64 (torch.as_tensor of a list
+        # would round them to float32 first: 0.3 would become 0.30000001192...)
         try:
-            value = torch.as_tensor(value)
+            arr = np.asarray(value)
         except (TypeError, ValueError, RuntimeError):
             raise ValueError(f"{what}; got {type(value).__name__}") from None
+        if arr.dtype.kind not in "biufc":
+            raise ValueError(f"{what}; got {type(value).__name__}")
+        value = torch.as_tensor(arr)
     if value.dtype == torch.bool or value.is_complex():
         raise ValueError(f"{what}; got dtype {value.dtype}")
     if dtype is not None:

@@ -156,3 +156,10 @@ def test_denoiser_returns_input_dtype(gen):
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_lists_of_python_floats_stay_float64():
+    # torch.as_tensor of a list goes through float32 (0.3 -> 0.30000001192...)
+    g = analytic.GaussianMixture([[0.0, 0.1], [1.0, 1.3]], [0.3, 0.7], [0.3, 0.7])
+    assert g.weights.tolist() == [0.3, 0.7]
+    assert g.means[1, 1].item() == 1.3 and g.variances[0, 0].item() == 0.3

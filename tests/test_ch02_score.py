@@ -1,12 +1,20 @@
-"""Tests for what chapter 2 (the score view) added to dlib: the predictor-corrector sampler."""
+"""Tests for what chapter 2 (the score view) adds to or relies on in dlib: the
+predictor-corrector sampler, and likelihood-weighted DSM as the continuous-time ELBO."""
+
+import math
 
 import pytest
 import torch
 
-from dlib import analytic, sampling, schedules as S
+from dlib import analytic, losses, param, sampling
+from dlib import schedules as S
 
 F64 = torch.float64
 MU, VAR = torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.5, 2.0], dtype=F64)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture
@@ -15,34 +23,43 @@ def oracle():
 
 
 def test_pc_without_corrector_is_euler_maruyama(oracle):
-    x = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = torch.randn(300, 2, generator=gen(0), dtype=F64)
     ts = sampling.time_grid(40, final_zero=True)
-    em = sampling.sample_euler_maruyama(oracle, x, ts, zeta=1.0, generator=torch.Generator().manual_seed(1))
-    pc = sampling.sample_predictor_corrector(oracle, x, ts, n_corrector=0, generator=torch.Generator().manual_seed(1))
+    em = sampling.sample_euler_maruyama(oracle, x, ts, zeta=1.0, generator=gen(1))
+    pc = sampling.sample_predictor_corrector(oracle, x, ts, n_corrector=0,
+                                             generator=gen(1))
     assert torch.equal(em, pc)
 
 
 def test_pc_gives_the_data_law_and_counts_nfe(oracle):
-    x = torch.randn(20000, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    x = torch.randn(20000, 2, generator=gen(1), dtype=F64)
     ts = sampling.time_grid(200, final_zero=True)
     oracle.nfe = 0
     seen = []
+
+    def record(d):
+        seen.append(d["t_next"])
+
     out = sampling.sample_predictor_corrector(oracle, x, ts, n_corrector=1, snr=0.16,
-                                              generator=torch.Generator().manual_seed(2),
-                                              callback=lambda d: seen.append(d["t_next"]))
+                                              generator=gen(2), progress=False,
+                                              callback=record)
     assert oracle.nfe == 200 * 2 + 1 and len(seen) == 201 and seen[-1] == 0.0
     torch.testing.assert_close(out.mean(0), MU, atol=0.05, rtol=0)
     torch.testing.assert_close(out.var(0), VAR, atol=0, rtol=0.06)
 
 
 def test_corrector_reduces_the_error_of_a_coarse_predictor(oracle):
-    # with few predictor steps Euler-Maruyama misses the variance; Langevin corrector steps on p_s pull it back
-    x = torch.randn(40000, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    # with few predictor steps Euler-Maruyama misses the variance; Langevin corrector
+    # steps on p_s pull it back
+    x = torch.randn(40000, 2, generator=gen(3), dtype=F64)
     ts = sampling.time_grid(10, t_min=0.02)
-    target = VAR * oracle.schedule.alpha(torch.tensor(0.02, dtype=F64)) ** 2 + oracle.schedule.sigma(torch.tensor(0.02, dtype=F64)) ** 2
+    t_end = torch.tensor(0.02, dtype=F64)
+    sch = oracle.schedule
+    target = VAR * sch.alpha(t_end) ** 2 + sch.sigma(t_end) ** 2
     errs = []
     for m in (0, 3):
-        out = sampling.sample_predictor_corrector(oracle, x, ts, n_corrector=m, snr=0.2, generator=torch.Generator().manual_seed(4))
+        out = sampling.sample_predictor_corrector(oracle, x, ts, n_corrector=m, snr=0.2,
+                                                  generator=gen(4))
         errs.append((out.var(0) / target - 1).abs().max().item())
     assert errs[1] < 0.5 * errs[0], errs
 
@@ -54,9 +71,49 @@ def test_corrector_reduces_the_error_of_a_coarse_predictor(oracle):
 ])
 def test_pc_bad_inputs(oracle, kw, match):
     with pytest.raises(ValueError, match=match):
-        sampling.sample_predictor_corrector(oracle, torch.zeros(4, 2, dtype=F64), torch.tensor([1.0, 0.5]), **kw)
+        sampling.sample_predictor_corrector(oracle, torch.zeros(4, 2, dtype=F64),
+                                            torch.tensor([1.0, 0.5]), **kw)
 
 
 def test_pc_bad_grid(oracle):
     with pytest.raises(ValueError, match="strictly decreasing"):
-        sampling.sample_predictor_corrector(oracle, torch.zeros(4, 2, dtype=F64), torch.tensor([0.5, 1.0]))
+        sampling.sample_predictor_corrector(oracle, torch.zeros(4, 2, dtype=F64),
+                                            torch.tensor([0.5, 1.0]))
+
+
+@pytest.mark.parametrize("schedule", [S.VPLinear(), S.VPCosine(), S.VE(0.01, 20.0)],
+                         ids=lambda s: type(s).__name__)
+def test_elbo_integrand_is_the_g2_weighted_dsm_integrand(schedule):
+    # w_eps |eps - eps_hat|^2 = (g^2 / 2) |s + eps / sigma|^2 for any score model, with
+    # g^2 from the schedule's SDE: likelihood-weighted DSM is the continuous ELBO
+    x0 = torch.randn(500, 2, generator=gen(5), dtype=F64)
+    t = 0.02 + 0.96 * torch.rand(500, generator=gen(6), dtype=F64)
+    xt, eps = losses.sample_xt(x0, t, schedule, gen(7))
+
+    def score_model(x, tt):
+        return torch.sin(x) - x * tt[:, None]
+
+    den = param.Denoiser(score_model, schedule, "score")
+    lhs = losses.elbo_weight("eps", t, schedule) * (eps - den.eps(xt, t)).pow(2).sum(1)
+    g2 = schedule.sde(t)[1]
+    sig = schedule.sigma(t)[:, None]
+    rhs = g2 / 2 * (score_model(xt, t) + eps / sig).pow(2).sum(1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=0)
+
+
+def test_continuous_nelbo_of_the_exact_denoiser_matches_the_entropy_identity(oracle):
+    # For the true score, E L_inf over [t0, t1] = D log(sigma_1 / sigma_0) + H(p_t0)
+    # - H(p_t1); for Gaussian data, sum_d log((1 + v_d SNR_0) / (1 + v_d SNR_1)) / 2.
+    sch, t0, t1 = oracle.schedule, 1e-3, 1.0
+    x0 = MU + VAR.sqrt() * torch.randn(50_000, 2, generator=gen(8), dtype=F64)
+    vals = losses.continuous_nelbo(oracle, x0, (t0, t1), n_t=2, sampling="log_snr",
+                                   generator=gen(9))
+    snr = torch.exp(2 * sch.log_snr(torch.tensor([t0, t1], dtype=F64)))
+    exact = (0.5 * torch.log((1 + VAR * snr[0]) / (1 + VAR * snr[1]))).sum().item()
+    a = sch.alpha(torch.tensor([t0, t1], dtype=F64))
+    s = sch.sigma(torch.tensor([t0, t1], dtype=F64))
+    var_t = a[:, None] ** 2 * VAR + s[:, None] ** 2
+    entropy = (0.5 * torch.log(2 * math.pi * math.e * var_t)).sum(1)
+    assert abs(exact - (2 * math.log(s[1] / s[0]) + entropy[0] - entropy[1])) < 1e-10
+    se = vals.std().item() / math.sqrt(len(vals))
+    assert abs(vals.mean().item() - exact) < 4 * se, (vals.mean().item(), exact, se)
