@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import platform
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -28,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from dlib import nets, param, sampling, schedules  # noqa: E402
+from run_chapters import machine  # noqa: E402 (benchmarks/ is on sys.path)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS, BATCH = 50, 512
@@ -145,20 +145,11 @@ def main():
                 f"{name:40s} {ms[name]:8.2f} ms  bare {base:7.2f} ms  "
                 f"x{ms[name] / base:.2f}"
             )
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     lines = [
         "# Sampler overhead over the bare network",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} by `python benchmarks/overhead.py` "
-        f"on {cpu}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, one thread"
+        f"on {machine()}"
         + (f", diffusers {dver}" if dver else " (diffusers not installed)")
         + ".",
         f"{STEPS} steps, `MLP(2, hidden=128, depth=3)`, batch {BATCH}; fastest of "
