@@ -364,9 +364,7 @@ def _gaussian_data_args(data_var, dim):
     c = float(data_var) if ok else math.nan
     if not (math.isfinite(c) and c > 0):
         raise ValueError(f"data_var must be a positive finite number; got {data_var!r}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive integer; got {dim!r}")
-    return c, dim
+    return c, C.positive_int(dim, "dim")
 
 
 def _increasing_grid(ts, minimum: int) -> torch.Tensor:

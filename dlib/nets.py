@@ -455,10 +455,11 @@ def _even(value, name: str) -> int:
 def _int_tuple(values, name: str, nonempty: bool) -> tuple[int, ...]:
     """A list or tuple of positive integers, as a tuple."""
     ok = isinstance(values, (list, tuple)) and (values or not nonempty)
-    if ok and all(
-        not isinstance(v, bool) and isinstance(v, int) and v >= 1 for v in values
-    ):
-        return tuple(values)
+    try:
+        if ok:
+            return tuple(positive_int(v, name) for v in values)
+    except ValueError:
+        pass
     what = "a non-empty" if nonempty else "a"
     raise ValueError(
         f"{name} must be {what} list or tuple of positive integers; got {values!r}"

@@ -73,9 +73,7 @@ def column_width(dpi: float | None = None) -> float:
     (:data:`COLUMN_PX`) at ``dpi`` (default: ``figure.dpi``), less the padding that
     Jupyter adds around a saved figure (``savefig.pad_inches`` on each side)."""
     dpi = plt.rcParams["figure.dpi"] if dpi is None else dpi
-    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not dpi > 0 \
-            or not math.isfinite(dpi):
-        raise ValueError(f"dpi must be a positive number; got {dpi!r}")
+    dpi = C.positive(dpi, "dpi")
     return COLUMN_PX / dpi - 2 * _pad_inches()
 
 
@@ -114,10 +112,7 @@ def check_legible(fig, min_pt: float = MIN_TEXT_PT,
     """
     if not isinstance(fig, (Figure, SubFigure)):
         raise ValueError(f"fig must be a matplotlib Figure; got {type(fig).__name__}")
-    for name, v in (("min_pt", min_pt), ("column_px", column_px)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 \
-                or not math.isfinite(v):
-            raise ValueError(f"{name} must be a positive number; got {v!r}")
+    min_pt, column_px = C.positive(min_pt, "min_pt"), C.positive(column_px, "column_px")
     fig = fig.figure if isinstance(fig, SubFigure) else fig
     width_px = (fig.get_tightbbox().width + 2 * _pad_inches()) * fig.dpi
     scale = fig.dpi / _CSS_PX_PER_INCH * min(1.0, column_px / width_px)
@@ -209,8 +204,7 @@ def _limits(lim) -> tuple[float, float]:
 
 
 def _grid(lim, n: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n (grid points per axis) must be an integer >= 2; got {n!r}")
+    n = C.positive_int(n, "n (grid points per axis)", minimum=2)
     lo, hi = _limits(lim)
     g = np.linspace(lo, hi, n)
     X, Y = np.meshgrid(g, g)
@@ -303,8 +297,7 @@ def trajectories(traj, ax=None, n: int = 50, color="C0", alpha: float = 0.4):
         arr = _np(traj, "traj")
     if arr.ndim != 3 or arr.shape[2] != 2 or arr.shape[0] < 1:
         raise ValueError(f"traj must have shape (steps+1, N, 2); got {arr.shape}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer; got {n!r}")
+    n = C.positive_int(n, "n")
     arr = arr[:, :n]
     alpha = C.in_range(alpha, "alpha", 0.0, 1.0)
     ax = _axes(ax)
@@ -358,9 +351,7 @@ def image_grid(images, ax=None, nrow: int = 8, vmin: float = -1, vmax: float = 1
         raise ValueError("images must hold pixel values, not booleans")
     if not np.isfinite(a).all():
         raise ValueError("images contain NaN or inf values")
-    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
-        raise ValueError("nrow (images per row) must be a positive integer; "
-                         f"got {nrow!r}")
+    nrow = C.positive_int(nrow, "nrow (images per row)")
     try:
         ok = math.isfinite(vmin) and math.isfinite(vmax) and vmin < vmax
         ok = ok and not isinstance(vmin, bool) and not isinstance(vmax, bool)

@@ -288,8 +288,8 @@ def sample_euler(
         if s == 0:
             x = x0
         else:  # x + (s - t) v, with v = d alpha x0 + d sigma eps, in two fused steps
-            c = sch._coefficients(t)
-            x = x.add(x0, alpha=(s - t) * c.d_alpha).add_(eps, alpha=(s - t) * c.d_sigma)
+            c, h = sch._coefficients(t), s - t
+            x = x.add(x0, alpha=h * c.d_alpha).add_(eps, alpha=h * c.d_sigma)
         _report(callback, i, t, s, x, x0)
     return x
 
