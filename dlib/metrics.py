@@ -224,7 +224,8 @@ def straightness(
     r"""Straightness of the PF-ODE paths started at ``x`` (time ``ts[0]``) and solved
     with Heun on the grid ``ts``:
 
-    $$S=\frac{1}{|t_N-t_0|}\int_{t_N}^{t_0}E\,\Big\|\frac{x(t_N)-x(t_0)}{t_N-t_0}-v(x(t),t)\Big\|^2dt,$$
+    $$S=\frac{1}{|t_N-t_0|}\int_{t_N}^{t_0}E\,\Big\|\frac{x(t_N)-x(t_0)}{t_N-t_0}
+    -v(x(t),t)\Big\|^2dt,$$
 
     the mean squared deviation of the velocity from the constant speed of the chord (Liu
     et al. 2023 use $t_0=1$, $t_N=0$, where the chord is $x_1-x_0$). $S=0$ exactly when

@@ -1,10 +1,11 @@
 """Tests for the flow-view additions to dlib.metrics (chapter 3): straightness of PF-ODE
-paths, and the one-probe Hutchinson error of the PF-ODE likelihood in 2-D."""
+paths, the one-probe Hutchinson error of the PF-ODE likelihood in 2-D, and the chapter's
+table of loss weightings on the linear path (losses.elbo_weight vs closed forms)."""
 
 import pytest
 import torch
 
-from dlib import analytic, metrics, param, sampling, schedules as S
+from dlib import analytic, losses, metrics, param, sampling, schedules as S
 
 F64 = torch.float64
 
@@ -97,3 +98,21 @@ def test_hutchinson_error_in_2d_is_the_offdiagonal_term(gen):
     off = abs(M[0, 1] + M[1, 0]).item() * dt
     assert torch.allclose(err.abs(), torch.full_like(err, off), atol=1e-8)
     assert (err > 0).any() and (err < 0).any()   # the sign is the probe's z1 z2
+
+
+def test_linear_path_weightings_of_the_unweighted_losses():
+    # the chapter's table: on the linear path (e^lambda = (1-t)/t) the unweighted loss
+    # of kind k weights the log-SNR by omega = 1 / w_k, in closed form
+    rf = S.LinearInterpolant()
+    t = torch.linspace(0.01, 0.99, 99, dtype=F64)
+    e = rf.log_snr(t).exp()
+    assert torch.allclose(e, (1 - t) / t, rtol=1e-12)
+    closed = {"eps": e / (1 + e) ** 2, "x0": 1 / (e * (1 + e) ** 2),
+              "v": t * ((1 - t) ** 2 + t**2) ** 2 / (1 - t), "score": e,
+              "velocity": 1 / e}
+    for kind, omega in closed.items():
+        w = losses.elbo_weight(kind, t, rf)
+        assert torch.allclose(1 / w, omega, rtol=1e-10), kind
+    # conditional flow matching = an eps-loss weighted by 1/(1-t)^2 (exercise 3)
+    ratio = losses.elbo_weight("eps", t, rf) / losses.elbo_weight("velocity", t, rf)
+    assert torch.allclose(ratio, 1 / (1 - t) ** 2, rtol=1e-10)

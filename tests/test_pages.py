@@ -176,3 +176,14 @@ def test_author_year_labels():
     assert list(style.format_labels(entries)) == [
         "Hyvärinen, 2005", "Salimans and Ho, 2022", "Song et al., 2021a",
         "Song et al., 2021b", "van den Oord, 2017"]
+
+
+def test_library_source_fits_the_code_column():
+    """Chapters show dlib's source with show_source, so every line of it must fit the
+    column. ruff's E501 lets a long line without spaces through (a formula in a
+    docstring, a URL): this test does not."""
+    long = [f"{p.name}:{i}: {len(line)} chars"
+            for p in sorted((ROOT / "dlib").glob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if len(line) > COLUMN_CHARS]
+    assert not long, long
