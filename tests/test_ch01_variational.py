@@ -15,15 +15,15 @@ F64 = torch.float64
 def test_excess_matches_discrete_nelbo_on_gaussian_data(gen):
     # the diffusion term of the discrete NELBO (exact denoiser, fixed-small variance) =
     # continuous integral + sum of the excesses
-    c, D = 0.3, 2
-    g = analytic.Gaussian(torch.zeros(D), torch.full((D,), c))
+    sd2, D = 0.3, 2  # the data variance sigma_d^2 and the dimension
+    g = analytic.Gaussian(torch.zeros(D), torch.full((D,), sd2))
     sch = S.VPLinear()
     x0 = g.sample(20_000, gen)
     ts = torch.arange(1, 21, dtype=F64) / 20
     diff = losses.discrete_nelbo(g.denoiser(sch), x0, ts, generator=gen)["diffusion"]
     snr = torch.exp(2 * sch.log_snr(ts))
-    integral = D / 2 * math.log((1 + c * snr[0]) / (1 + c * snr[-1]))
-    excess = losses.gaussian_discretization_excess(sch, ts, c, D)
+    integral = D / 2 * math.log((1 + sd2 * snr[0]) / (1 + sd2 * snr[-1]))
+    excess = losses.gaussian_discretization_excess(sch, ts, sd2, D)
     assert excess.shape == (19,) and (excess >= 0).all()
     assert diff.mean().item() == pytest.approx(integral + excess.sum().item(), rel=0.02)
 
@@ -66,3 +66,21 @@ def test_bad_inputs(kwargs, match):
         losses.gaussian_discretization_excess(S.VPLinear(), **kwargs)
     with pytest.raises(ValueError, match="Schedule"):
         losses.gaussian_discretization_excess("vp", torch.tensor([0.1, 0.5]), 1.0)
+
+
+@pytest.mark.parametrize("sch", [S.VPLinear(), S.VPCosine()])
+def test_optimal_variance_diffusion_term_is_a_mutual_information_difference(sch):
+    # with the optimal variance every reverse step is exact; the expected step KL is
+    # I(x0; x_s | x_t) = I(x0; x_s) - I(x0; x_t) (Markov chain), so the diffusion term
+    # telescopes to I(x0; x_t1) - I(x0; x_tT) = (D/2) log((1 + sd2 SNR_1) / (1 + sd2
+    # SNR_T)) for Gaussian data
+    sd2, D = 0.25, 3
+    ts = torch.tensor([0.01, 0.05, 0.2, 0.6, 0.9], dtype=F64)
+    r = losses.gaussian_nelbo(sch, ts, sd2, D, reverse_var="optimal")
+    snr = torch.exp(2 * sch.log_snr(ts))
+    info = D / 2 * math.log((1 + sd2 * snr[0]) / (1 + sd2 * snr[-1]))
+    assert r["diffusion"].item() == pytest.approx(info, rel=1e-10)
+    # and fixed small exceeds it by exactly the discretisation excess
+    small = losses.gaussian_nelbo(sch, ts, sd2, D, reverse_var="small")["diffusion"]
+    excess = losses.gaussian_discretization_excess(sch, ts, sd2, D).sum()
+    assert small.item() == pytest.approx(info + excess.item(), rel=1e-10)
