@@ -6,11 +6,13 @@
 
 Run it after building the book (`bash scripts/build.sh`). For every page it saves a
 full-page screenshot (<out>/<page>.png) and counts MathJax errors, browser console
-errors and uncaught page errors; widgets rendered against widgets stored; code and
+errors and uncaught page errors; display equations wider than the column; widgets
+rendered against widgets stored; code and
 output blocks wider than the column (clipped behind a scroll bar); figures shrunk to
 fit the column. It measures the text column (CSS px) and how many characters of code
 fit in it, and compares them with dlib.plot.COLUMN_PX and ruff's line length. Exit
-status 1 when a page has a MathJax, console or page error.
+status 1 when a page has a MathJax, console or page error, or a display equation wider
+than the column (MathJax typesets it without error, and the page clips it).
 
 The pages load MathJax, require.js and the Jupyter widget manager from CDNs. This
 script answers those requests with pinned copies of the npm packages (fetched once with
@@ -101,6 +103,14 @@ MEASURE = r"""() => {
         '.jupyter-widgets, .widget-container')).length,
     widgetErrors: [...document.querySelectorAll('.jupyter-widgets')]
         .filter(e => /Error (displaying|rendering) widget/.test(e.textContent)).length,
+    // display math wider than its box: MathJax's output runs past the column (hidden
+    // or behind a scroll bar); measured on the typeset content, not the container
+    mathOver: [...document.querySelectorAll('mjx-container[display="true"]')]
+        .filter(m => {
+          const inner = m.querySelector('mjx-math') || m;
+          return inner.getBoundingClientRect().width > m.clientWidth + 1
+                 || m.scrollWidth > m.clientWidth + 1;
+        }).length,
     codeOver: over('div.cell_input pre'),
     outOver: over('div.cell_output pre'),
     code: chars('div.cell_input pre'),
@@ -334,16 +344,18 @@ def _columns(rows, width):
 
 def report(rows, router, args, out) -> int:
     head = ["page", "MathJax err", "console err", "page err", "math typeset", "widgets",
-            "code clipped", "output clipped", "figures shrunk"]
+            "math clipped", "code clipped", "output clipped", "figures shrunk"]
     table = [[rel, len(i["merrors"]), len(i["console"]), len(i["page_errors"]),
               f"{i['typeset']}/{i['math']}", f"{i['widgets']}/{i['views']}",
-              i["codeOver"], i["outOver"], len(i["shrunk"])] for rel, i in rows]
+              i["mathOver"], i["codeOver"], i["outOver"], len(i["shrunk"])]
+             for rel, i in rows]
     widths = [max(len(str(r[k])) for r in table + [head]) for k in range(len(head))]
     for r in [head, ["-" * w for w in widths]] + table:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    totals = [sum(r[k] for r in table) for k in (1, 2, 3)]
+    totals = [sum(r[k] for r in table) for k in (1, 2, 3, 6)]
     print(f"\ntotal over {len(rows)} pages: MathJax errors {totals[0]}, console errors "
-          f"{totals[1]}, page errors {totals[2]}")
+          f"{totals[1]}, page errors {totals[2]}, display equations clipped "
+          f"{totals[3]}")
     print("\n".join(_columns(rows, args.width)))
     for rel, i in rows:
         for label, items in (("MathJax", i["merrors"]), ("console", i["console"]),
