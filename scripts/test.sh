@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run every test: dlib's unit tests (with coverage), nbval on every chapter notebook, and a strict
-# book build (warnings are errors). Any failure, and "no tests collected" (pytest exit 5), fails.
+# Run every test: lint (ruff, 88 columns), dlib's unit and property tests (with coverage), nbval on
+# every chapter notebook, a strict book build (warnings are errors) and a check of the rendered
+# HTML. Any failure, and "no tests collected" (pytest exit 5), fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_env.sh
