@@ -63,6 +63,26 @@ def test_headings_carry_no_hand_written_numbers(path):
                      "remove these hand-written numbers:\n  " + "\n  ".join(bad))
 
 
+@pytest.mark.parametrize("path", PAGES, ids=_id)
+def test_display_math_starts_after_a_blank_line(path):
+    """The book's one form of display math: a blank line, then `$$` glued to the first
+    line of the formula, and `$$` closing the last one. A `$$` line right after text is
+    the defect of chapter 3 (MyST paired the `$$` as inline math), and a `$$` alone on
+    a line after the formula looks like it to every line-based check."""
+    bad = []
+    for where, text in check_html.markdown_parts(path):
+        lines, in_code = text.split("\n"), False
+        for k, line in enumerate(lines):
+            if line.lstrip().startswith(("```", "~~~")):
+                in_code = not in_code
+            elif (not in_code and k and line.lstrip().startswith("$$")
+                  and lines[k - 1].strip()):
+                after = lines[k - 1].strip()[:50]
+                bad.append(f"{where}: line {k}: after {after!r}".lstrip(": "))
+    assert not bad, ("`$$` right after a text line; put a blank line before the block "
+                     "and glue the closing `$$` to the formula:\n  " + "\n  ".join(bad))
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
 def test_no_stored_figure_is_illegible(path):
     bad = [f"cell {i}: {_shown_text(o).strip()[:300]}"
