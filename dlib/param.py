@@ -113,6 +113,13 @@ def _lin(p, x, q, y):
     """p x + q y. With float coefficients (one time for the batch: the samplers' case)
     it is two fused tensor operations, which matters for small networks."""
     if isinstance(p, float) and isinstance(q, float):
+        big = torch.finfo(x.dtype).max
+        if not (abs(p) <= big and abs(q) <= big):
+            raise ValueError(
+                f"the conversion's coefficients ({p:.3g}, {q:.3g}) overflow {x.dtype}: "
+                "t is too close to a singular end for this dtype; use a time further "
+                "from the end or float64"
+            )
         return torch.add(x if p == 1.0 else x * p, y, alpha=q)
     return p * x + q * y
 

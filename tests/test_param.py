@@ -226,3 +226,12 @@ def test_denoiser_accepts_a_float_time_and_a_tensor_of_times_alike():
         param.Denoiser(lambda y, t: y[:, :1], S.VPCosine()).eps(x, 0.3)
     with pytest.raises(ValueError, match="NaN or inf"):
         oracle.eps(torch.full((2, 2), float("nan")), 0.3)
+
+
+def test_conversion_whose_coefficients_overflow_the_dtype_is_a_value_error():
+    # at t = 1e-116 on VPLinear, sigma ~ 3e-59: 1/sigma overflows float32
+    den = param.Denoiser(lambda x, t: torch.zeros_like(x), S.VPLinear(), "x0")
+    with pytest.raises(ValueError, match="overflow"):
+        den.eps(torch.ones(2, 3), 1e-116)
+    # float64 still represents it
+    assert torch.isfinite(den.eps(torch.ones(2, 3, dtype=torch.float64), 1e-116)).all()
