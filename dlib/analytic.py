@@ -17,6 +17,7 @@ Everything is computed in float64 with log-sum-exp.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -25,7 +26,14 @@ from ._checks import one_of
 from .param import KINDS, Denoiser, _prediction_from
 from .schedules import Schedule
 
-__all__ = ["GaussianMixture", "Gaussian", "ring", "song_ermon", "AnalyticDenoiser"]
+__all__ = [
+    "GaussianMixture",
+    "Gaussian",
+    "ring",
+    "song_ermon",
+    "AnalyticDenoiser",
+    "GaussianPCA",
+]
 
 _F64 = torch.float64
 
@@ -38,9 +46,13 @@ class GaussianMixture:
         variances: scalar, (K,) (isotropic per component) or (K, D) (diagonal)
             variances, all > 0.
         weights: (K,) non-negative mixture weights (normalised here); default uniform.
+        labels: optional (K,) class labels of the components, integers 0..C-1 with
+            every class used. Then p(x | y) is the mixture of the components labelled
+            y (weights renormalised) and p(y) the total weight of those components
+            (chapter I.5, guidance).
     """
 
-    def __init__(self, means, variances=1.0, weights=None):
+    def __init__(self, means, variances=1.0, weights=None, labels=None):
         means = C.real_tensor(means, "means")
         if means.dim() != 2 or means.shape[0] < 1 or means.shape[1] < 1:
             raise ValueError(
@@ -70,9 +82,38 @@ class GaussianMixture:
         self.means, self.variances = means.clone(), var.clone().contiguous()
         self.weights = weights / weights.sum()
         self.log_weights = torch.log(self.weights)
+        self.labels = None if labels is None else self._labels(labels, K)
+
+    @staticmethod
+    def _labels(labels, K: int) -> torch.Tensor:
+        """Check component labels: K integers 0..C-1 with every class used."""
+        if torch.is_tensor(labels):
+            ok = labels.dtype != torch.bool and not labels.is_floating_point()
+            lab = labels.to(torch.int64) if ok and not labels.is_complex() else None
+        else:
+            vals = list(labels) if hasattr(labels, "__iter__") else None
+            ok = vals is not None and all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                for v in vals
+            )
+            lab = torch.tensor(vals, dtype=torch.int64) if ok and vals else None
+        if lab is None or lab.shape != (K,) or bool((lab < 0).any()):
+            raise ValueError(
+                f"labels must be {K} non-negative integers (one class per component); "
+                f"got {labels!r}"
+            )
+        used = torch.bincount(lab, minlength=int(lab.max()) + 1)
+        if bool((used == 0).any()):
+            missing = torch.nonzero(used == 0).flatten().tolist()
+            raise ValueError(
+                f"labels must use every class 0..{len(used) - 1}; classes {missing} "
+                "have no component"
+            )
+        return lab.clone()
 
     def __repr__(self):
-        return f"GaussianMixture(K={self.n_components}, D={self.dim})"
+        classes = f", classes={self.n_classes}" if self.labels is not None else ""
+        return f"GaussianMixture(K={self.n_components}, D={self.dim}{classes})"
 
     @property
     def dim(self) -> int:
@@ -81,6 +122,11 @@ class GaussianMixture:
     @property
     def n_components(self) -> int:
         return self.means.shape[0]
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes C (0 for a mixture without labels)."""
+        return 0 if self.labels is None else int(self.labels.max()) + 1
 
     # ------------------------------------------------------------------------------
     def _check_x(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
@@ -120,14 +166,19 @@ class GaussianMixture:
         C.schedule(schedule)
         return C.check_time(t, x)
 
-    def _posterior(self, x, t, schedule):
+    def _joint(self, x, t, schedule):
+        """log pi_k N(x; alpha mu_k, alpha^2 s_k + sigma^2), shape (B, K), and the
+        pieces the other quantities need."""
         x = x.to(_F64)
         a, s = self._scales(x, t, schedule)
         m = a * self.means[None]  # (B, K, D)
         v = a**2 * self.variances[None] + s**2  # (B, K, D)
         diff = x[:, None, :] - m
         logn = -0.5 * (torch.log(2 * math.pi * v) + diff**2 / v).sum(-1)  # (B, K)
-        joint = self.log_weights[None] + logn
+        return x, a, s, v, diff, self.log_weights[None] + logn
+
+    def _posterior(self, x, t, schedule):
+        x, a, s, v, diff, joint = self._joint(x, t, schedule)
         logp = torch.logsumexp(joint, dim=1)
         r = torch.softmax(joint, dim=1)
         return x, a, s, v, diff, r, logp
@@ -218,6 +269,64 @@ class GaussianMixture:
         )
         return second - torch.outer(mu, mu)
 
+    # --- class-conditional mixtures (chapter I.5) -----------------------------------
+    def _need_labels(self, what: str) -> None:
+        if self.labels is None:
+            raise ValueError(
+                f"{what} needs class labels: build the mixture with "
+                "GaussianMixture(..., labels=[one class per component])"
+            )
+
+    def _class(self, y, name: str = "y") -> int:
+        if isinstance(y, bool) or not isinstance(y, numbers.Integral) or not (
+            0 <= y < self.n_classes
+        ):
+            raise ValueError(
+                f"{name} must be a class label, an integer in 0..{self.n_classes - 1}; "
+                f"got {y!r}"
+            )
+        return int(y)
+
+    def class_prior(self) -> torch.Tensor:
+        r"""The class probabilities $p(y)=\sum_{k:\,y_k=y}\pi_k$, shape (C,)."""
+        self._need_labels("class_prior")
+        return torch.zeros(self.n_classes, dtype=_F64).index_add_(
+            0, self.labels, self.weights
+        )
+
+    def class_log_prob(
+        self, x: torch.Tensor, t=None, schedule: Schedule | None = None
+    ) -> torch.Tensor:
+        r"""The exact noisy classifier $\log p_t(y\mid x)$ for every class, shape
+        (B, C), float64 and differentiable in ``x``; ``t=None`` gives the clean
+        classifier $p_0(y\mid x)$.
+
+        $p_t(y\mid x)=\sum_{k:\,y_k=y}r_k(x)$ with the responsibilities $r_k$ under
+        $p_t$; it equals $\int p_0(y\mid x_0)\,p(x_0\mid x_t=x)\,dx_0$, the clean
+        classifier averaged over the denoising posterior (not the clean classifier
+        evaluated at the noisy point)."""
+        self._need_labels("class_log_prob")
+        x = self._check_x(x)
+        joint = self._joint(x, self._time(x, t, schedule), schedule)[-1]
+        log_r = joint - torch.logsumexp(joint, dim=1, keepdim=True)
+        return torch.stack(
+            [
+                torch.logsumexp(log_r[:, self.labels == c], dim=1)
+                for c in range(self.n_classes)
+            ],
+            dim=1,
+        )
+
+    def conditional(self, y: int) -> "GaussianMixture":
+        r"""The class-conditional data law $p_0(x\mid y)$ as a mixture of the
+        components labelled ``y`` (weights renormalised, no labels): its
+        :meth:`denoiser` is the exact conditional model at every t."""
+        self._need_labels("conditional")
+        keep = self.labels == self._class(y)
+        return GaussianMixture(
+            self.means[keep], self.variances[keep], self.weights[keep]
+        )
+
 
 class AnalyticDenoiser(Denoiser):
     """The exact denoiser of a :class:`GaussianMixture` (every kind computed directly,
@@ -286,3 +395,218 @@ def song_ermon() -> GaussianMixture:
     r"""Song & Ermon's (2019) example $\tfrac15N((-5,-5),I)+\tfrac45N((5,5),I)$ with
     separated modes."""
     return GaussianMixture([[-5.0, -5.0], [5.0, 5.0]], 1.0, [0.2, 0.8])
+
+
+# --- chapter I.7: Gaussian data with a full covariance, and its closed-form flow ----
+class GaussianPCA:
+    r"""Gaussian data $N(\mu,\Sigma)$ with $\Sigma=U\mathrm{diag}(\kappa)U^\top$ given
+    by its principal components, and the closed-form probability-flow ODE of its
+    noised marginals $p_t=N(\alpha_t\mu,\alpha_t^2\Sigma+\sigma_t^2I)$ (chapter I.7,
+    "The Gaussian closed form").
+
+    With $c_k=u_k^\top(x_t-\alpha_t\mu)$ and $V_k(t)=\alpha_t^2\kappa_k+\sigma_t^2$ the
+    PF-ODE decouples into $\dot c_k=\tfrac12(\dot V_k/V_k)c_k$, so under any schedule
+    $c_k(t)=\sqrt{V_k(t)/V_k(s)}\,c_k(s)$; directions outside the span of $U$ have zero
+    variance and scale by $\sigma_t/\sigma_s$.
+
+    Args:
+        mean: (D,) the mean $\mu$.
+        eigvals: (r,) the variances $\kappa_k\ge0$ along the columns of ``eigvecs``.
+        eigvecs: (D, r) orthonormal columns $u_k$, r <= D; default the identity
+            (then ``eigvals`` has D entries: a diagonal covariance).
+    Everything is computed in float64.
+    """
+
+    def __init__(self, mean, eigvals, eigvecs=None):
+        mean = C.real_tensor(mean, "mean")
+        if mean.dim() != 1 or mean.numel() < 1:
+            raise ValueError(
+                f"mean must be a non-empty 1-D vector; got shape {tuple(mean.shape)}"
+            )
+        D = mean.numel()
+        kappa = C.real_tensor(eigvals, "eigvals")
+        if kappa.dim() != 1 or not 1 <= kappa.numel() <= D:
+            raise ValueError(
+                f"eigvals must be a 1-D vector of 1 to {D} variances; got shape "
+                f"{tuple(kappa.shape)}"
+            )
+        if bool((kappa < 0).any()):
+            raise ValueError(
+                f"eigvals must be >= 0 (variances); got {kappa.min().item():.3g}"
+            )
+        r = kappa.numel()
+        if eigvecs is None:
+            if r != D:
+                raise ValueError(
+                    f"without eigvecs, eigvals must have one variance per dimension "
+                    f"({D}); got {r}"
+                )
+            U = torch.eye(D, dtype=_F64)
+        else:
+            U = C.real_tensor(eigvecs, "eigvecs")
+            if U.shape != (D, r):
+                raise ValueError(
+                    f"eigvecs must have shape ({D}, {r}) (one column per eigenvalue); "
+                    f"got {tuple(U.shape)}"
+                )
+            gram_err = (U.T @ U - torch.eye(r, dtype=_F64)).abs().max().item()
+            if gram_err > 1e-6:
+                raise ValueError(
+                    f"eigvecs must have orthonormal columns; U^T U differs from the "
+                    f"identity by {gram_err:.2g}"
+                )
+        self.mean, self.eigvals, self.eigvecs = mean.clone(), kappa.clone(), U.clone()
+
+    def __repr__(self):
+        return f"GaussianPCA(D={self.dim}, rank={self.rank})"
+
+    @property
+    def dim(self) -> int:
+        return self.mean.numel()
+
+    @property
+    def rank(self) -> int:
+        """The number of principal components kept (columns of ``eigvecs``)."""
+        return self.eigvals.numel()
+
+    @classmethod
+    def from_data(cls, x, rank: int | None = None) -> "GaussianPCA":
+        r"""The Gaussian fitted to the rows of ``x`` (N, D) by maximum likelihood:
+        the sample mean and the eigendecomposition of the covariance
+        $\frac1N\sum_n(x_n-\mu)(x_n-\mu)^\top$, eigenvalues in decreasing order and
+        clipped at 0 (round-off); ``rank`` keeps the leading components only (the
+        rest then count as zero-variance directions)."""
+        x = C.batch(C.real_tensor(x, "x"), "x")
+        if x.dim() != 2 or x.shape[0] < 2:
+            raise ValueError(
+                f"x must have shape (N, D) with N >= 2; got {tuple(x.shape)}"
+            )
+        D = x.shape[1]
+        r = D if rank is None else C.positive_int(rank, "rank")
+        if r > D:
+            raise ValueError(f"rank must be at most the dimension {D}; got {r}")
+        mu = x.mean(0)
+        xc = x - mu
+        kappa, U = torch.linalg.eigh(xc.T @ xc / x.shape[0])
+        kappa, U = kappa.flip(0).clamp_min(0.0), U.flip(1)
+        return cls(mu, kappa[:r], U[:, :r].contiguous())
+
+    # ------------------------------------------------------------------------------
+    def _check_x(self, x, name: str = "x") -> torch.Tensor:
+        if not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != self.dim:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(
+                f"{name} must be a tensor of shape (B, {self.dim}); got {shape}"
+            )
+        return C.batch(x, name)
+
+    def _w(self, a, s):
+        """V_k = alpha^2 kappa_k + sigma^2 for (T,) alpha, sigma: shape (T, r)."""
+        return a[:, None] ** 2 * self.eigvals + s[:, None] ** 2
+
+    def _gain(self, a, s):
+        """alpha kappa_k / V_k (T, r), 0 where kappa_k = sigma = 0 (the limit)."""
+        w = self._w(a, s)
+        num = a[:, None] * self.eigvals
+        return torch.where(w > 0, num / torch.where(w > 0, w, 1.0), 0.0)
+
+    def _split(self, x, a):
+        """(coordinates c_k (B, r), residual outside span U (B, D)) of x - a mu."""
+        d = x - a * self.mean
+        c = d @ self.eigvecs
+        return c, d - c @ self.eigvecs.T
+
+    def flow(self, x, s, t, schedule: Schedule) -> torch.Tensor:
+        r"""The exact PF-ODE flow map from time ``s`` to time(s) ``t``:
+
+        $$x_t=\alpha_t\mu+\sum_k\sqrt{\tfrac{V_k(t)}{V_k(s)}}\,u_ku_k^\top
+        (x_s-\alpha_s\mu)+\frac{\sigma_t}{\sigma_s}P_\perp(x_s-\alpha_s\mu),$$
+
+        $V_k(t)=\alpha_t^2\kappa_k+\sigma_t^2$, $P_\perp=I-UU^\top$. ``x``: (B, D)
+        states at time ``s`` (a number with $\sigma_s>0$); ``t``: a number (returns
+        (B, D)) or a 1-D tensor of T times (returns (T, B, D)), earlier or later than
+        ``s``. float64."""
+        x = self._check_x(x).to(_F64)
+        C.schedule(schedule)
+        s = C.scalar_time(s, "s")
+        many = torch.is_tensor(t) and t.dim() > 0
+        if many and t.dim() != 1:
+            raise ValueError(f"t must be a number or a 1-D tensor; shape {t.shape}")
+        ts = C.as_time(t, dtype=_F64).reshape(-1).to(_F64)
+        a_s, s_s = schedule._coefficients(s)[:2]
+        if not s_s > 0:
+            raise ValueError(
+                f"the flow map is singular at s = {s} where sigma_s = 0 (the data "
+                f"distribution is not invertible there); start at s with sigma_s > 0"
+            )
+        a_t, s_t = schedule._log_alpha(ts).exp(), schedule._log_sigma(ts).exp()
+        w_s = self._w(torch.tensor([a_s], dtype=_F64), torch.tensor([s_s], dtype=_F64))
+        ratio = (self._w(a_t, s_t) / w_s).sqrt()  # (T, r)
+        c, perp = self._split(x, a_s)
+        out = (
+            a_t[:, None, None] * self.mean
+            + (ratio[:, None, :] * c) @ self.eigvecs.T
+            + (s_t / s_s)[:, None, None] * perp
+        )
+        return out if many else out[0]
+
+    def x0_hat(self, x, t, schedule: Schedule) -> torch.Tensor:
+        r"""The exact denoiser (Wiener filter) $E[x_0\mid x_t=x]=
+        \mu+\sum_k\frac{\alpha_t\kappa_k}{\alpha_t^2\kappa_k+\sigma_t^2}u_ku_k^\top
+        (x-\alpha_t\mu)$ at one time ``t`` (a number), shape (B, D), float64. Along
+        the closed-form trajectory, ``x0_hat(flow(x1, 1, t), t)`` is the running
+        estimate $\mu+\sum_k\frac{\alpha_t\kappa_k}{\sqrt{V_k(t)V_k(1)}}c_k(1)u_k$."""
+        x = self._check_x(x).to(_F64)
+        C.schedule(schedule)
+        t = C.scalar_time(t, "t")
+        a, s = schedule._coefficients(t)[:2]
+        a, s = torch.tensor([a], dtype=_F64), torch.tensor([s], dtype=_F64)
+        return self._x0_hat(x, a, s)
+
+    def _x0_hat(self, x, a, s):
+        """Wiener filter for (B, D) x and (1,) or (B,) alpha, sigma."""
+        c, _ = self._split(x, a[:, None])
+        return self.mean + (self._gain(a, s) * c) @ self.eigvecs.T
+
+    def commitment(self, t, schedule: Schedule) -> torch.Tensor:
+        r"""The fraction of each principal component already decided at time ``t``,
+        $\rho_k(t)=\sqrt{\alpha_t^2\kappa_k/(\alpha_t^2\kappa_k+\sigma_t^2)}$, i.e.
+        $\rho_k^2=\mathrm{logistic}(2\lambda_t+\log\kappa_k)$: along the closed-form
+        flow, $u_k^\top(\hat x_0(t)-\mu)=\rho_k(t)\,u_k^\top(x_0-\mu)$. ``t`` a number
+        (returns (r,)) or a 1-D tensor of T times (returns (T, r)); 0 where
+        $\kappa_k=0$."""
+        C.schedule(schedule)
+        many = torch.is_tensor(t) and t.dim() > 0
+        if many and t.dim() != 1:
+            raise ValueError(f"t must be a number or a 1-D tensor; shape {t.shape}")
+        ts = C.as_time(t, dtype=_F64).reshape(-1).to(_F64)
+        a, s = schedule._log_alpha(ts).exp(), schedule._log_sigma(ts).exp()
+        w = self._w(a, s)
+        num = a[:, None] ** 2 * self.eigvals
+        rho = torch.where(w > 0, num / torch.where(w > 0, w, 1.0), 0.0).sqrt()
+        return rho if many else rho[0]
+
+    def denoiser(self, schedule: Schedule) -> Denoiser:
+        """The exact denoiser :meth:`x0_hat` as a :class:`dlib.param.Denoiser` (kind
+        "x0"), evaluated in float64 and returned in x's dtype: an oracle for the
+        samplers (e.g. to integrate the PF-ODE numerically)."""
+        C.schedule(schedule)
+
+        def fn(x, t):
+            t64 = t.to(_F64).reshape(-1)
+            a, s = schedule._log_alpha(t64).exp(), schedule._log_sigma(t64).exp()
+            return self._x0_hat(x.to(_F64), a, s).to(x.dtype)
+
+        return _PCADenoiser(self, fn, schedule)
+
+
+class _PCADenoiser(Denoiser):
+    def __init__(self, model: GaussianPCA, fn, schedule: Schedule):
+        super().__init__(fn, schedule, "x0")
+        self.model = model
+
+    def __repr__(self):
+        return f"Denoiser({self.model!r}, schedule={self.schedule!r})"
+
+    def _check_x(self, x, name: str = "x"):
+        return self.model._check_x(x, name)

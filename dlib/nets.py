@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ._checks import in_range, positive_int
 
-__all__ = ["SinusoidalEmbedding", "MLP", "UNet", "count_params"]
+__all__ = ["SinusoidalEmbedding", "MLP", "UNet", "count_params", "EnergyMLP"]
 
 
 def count_params(module: nn.Module) -> int:
@@ -174,17 +174,35 @@ class MLP(nn.Module):
     learned linear projection of the time embedding is added (one projection per
     layer). With ``dim=64, hidden=256, depth=3`` this is about 140k parameters, with
     ``dim=2, hidden=128, depth=3`` about 42k. Dtypes: see the module docstring.
+
+    Class labels (chapter I.5). With ``num_classes=C`` the network also takes labels
+    ``y``: a learned embedding of ``y`` (C classes plus the *null label* ``C``, which
+    means "no condition") is added to the time embedding. ``forward(x, t)`` and
+    ``forward(x, t, None)`` use the null label, so one network is both the conditional
+    and the unconditional model of classifier-free guidance (train it with label
+    dropout: replace ``y`` by :attr:`null_label` at random). Without ``num_classes``
+    (default) the network is unconditional and rejects labels.
     """
 
     def __init__(
-        self, dim: int, hidden: int = 256, depth: int = 3, emb_dim: int = 64
+        self,
+        dim: int,
+        hidden: int = 256,
+        depth: int = 3,
+        emb_dim: int = 64,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
         self.hidden = positive_int(hidden, "hidden")
         self.depth = positive_int(depth, "depth", minimum=2)
         self.emb_dim = _even(emb_dim, "emb_dim")
+        self.num_classes = (
+            None if num_classes is None else positive_int(num_classes, "num_classes")
+        )
         self.time = _TimeMLP(emb_dim)
+        if self.num_classes is not None:  # C classes + the null label C
+            self.label = nn.Embedding(self.num_classes + 1, emb_dim)
         widths = [dim] + [hidden] * (depth - 1)
         self.layers = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])
@@ -194,18 +212,69 @@ class MLP(nn.Module):
         )
         self.out = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Map ``x`` (B, dim) and ``t`` (scalar or (B,), in [0, 1]) to (B, dim)."""
+    @property
+    def null_label(self) -> int | None:
+        """The label that means "no condition" (``num_classes``), or None."""
+        return self.num_classes
+
+    def _labels(self, y, batch: int, device) -> torch.Tensor:
+        """``y`` (None, an int or a (batch,) integer tensor in 0..num_classes) as a
+        (batch,) int64 tensor; None is the null label."""
+        if self.num_classes is None:
+            raise ValueError(
+                "y was given but this MLP has no label input; build it with "
+                "MLP(..., num_classes=C) to condition on labels"
+            )
+        C = self.num_classes
+        if y is None:
+            y = C
+        if isinstance(y, int) and not isinstance(y, bool):
+            y = torch.full((batch,), y, dtype=torch.int64)
+        if (
+            not torch.is_tensor(y)
+            or y.dtype == torch.bool
+            or y.is_floating_point()
+            or y.is_complex()
+            or y.shape != (batch,)
+        ):
+            what = (
+                f"shape {tuple(y.shape)}, dtype {y.dtype}"
+                if torch.is_tensor(y)
+                else repr(y)
+            )
+            raise ValueError(
+                f"y must be None, an int or an integer tensor of shape ({batch},) with "
+                f"labels in 0..{C} ({C} = null label); got {what}"
+            )
+        if y.device.type == "cpu" and y.numel():
+            lo, hi = torch.aminmax(y)
+            if lo.item() < 0 or hi.item() > C:
+                raise ValueError(
+                    f"y must hold labels in 0..{C} ({C} = null label); got values from "
+                    f"{lo.item()} to {hi.item()}"
+                )
+        return y.to(device=device, dtype=torch.int64)
+
+    def forward(self, x: torch.Tensor, t, y=None) -> torch.Tensor:
+        """Map ``x`` (B, dim), ``t`` (scalar or (B,), in [0, 1]) and, for a network
+        with ``num_classes``, labels ``y`` (None = null label, an int, or (B,) integers
+        in 0..num_classes) to (B, dim)."""
         h = _input(x, (self.dim,), self)
         emb = self.time(_times(t, h.shape[0], h))
+        if self.num_classes is not None or y is not None:
+            labels = self._labels(y, h.shape[0], h.device)  # raises if no label input
+            emb = emb + self.label(labels)
         for layer, proj in zip(self.layers, self.time_proj):
             h = F.silu(layer(h) + proj(emb))
         return _output(self.out(h), x)
 
     def extra_repr(self) -> str:
+        labels = (
+            f", num_classes={self.num_classes}" if self.num_classes is not None else ""
+        )
         return (
             f"dim={self.dim}, hidden={self.hidden}, depth={self.depth}, "
-            f"emb_dim={self.emb_dim}, params={count_params(self):,}"
+            f"emb_dim={self.emb_dim}{labels}, params={count_params(self):,}"
         )
 
 
@@ -464,3 +533,69 @@ def _int_tuple(values, name: str, nonempty: bool) -> tuple[int, ...]:
     raise ValueError(
         f"{name} must be {what} list or tuple of positive integers; got {values!r}"
     )
+
+
+class EnergyMLP(nn.Module):
+    r"""A conservative network (chapter I.6): a scalar energy $E_\theta(x,t)$ and, as
+    output, its negative gradient $-\nabla_xE_\theta(x,t)$, shape (B, dim).
+
+    The energy is an MLP on ``x`` with the time embedding added before every SiLU (as
+    in :class:`MLP`; smooth activations, so that the Hessian is not piecewise zero),
+    ending in one linear unit. The output is a gradient field in ``x`` at every ``t``,
+    so its Jacobian is symmetric. Use it as any prediction kind: the conversions of
+    :mod:`dlib.param` are affine in $(x,\text{output})$ with coefficients that depend
+    on $t$ only, and $x=\nabla\tfrac12|x|^2$, so every kind it implies is conservative
+    too. As kind ``"score"`` it is $\nabla\log p\propto-\nabla E$; the chapter trains it
+    as kind ``"eps"`` ($\hat\epsilon=-\nabla E$, hence $s=\nabla E/\sigma_t$) with
+    :func:`dlib.losses.denoising_loss`. The gradient is taken with ``create_graph``
+    whenever autograd is recording (training, Jacobians), which makes a training step
+    dearer than :class:`MLP`'s (double back-propagation: 1.3 to 1.5 times the wall time
+    in chapter I.6's Swiss-roll runs); under ``torch.no_grad`` (the samplers) it costs
+    one backward pass and keeps no graph.
+    """
+
+    def __init__(
+        self, dim: int, hidden: int = 128, depth: int = 3, emb_dim: int = 64
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int(dim, "dim")
+        self.hidden = positive_int(hidden, "hidden")
+        self.depth = positive_int(depth, "depth", minimum=2)
+        self.emb_dim = _even(emb_dim, "emb_dim")
+        self.time = _TimeMLP(emb_dim)
+        widths = [dim] + [hidden] * (depth - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.time_proj = nn.ModuleList(
+            nn.Linear(emb_dim, hidden) for _ in range(depth - 1)
+        )
+        self.out = nn.Linear(hidden, 1, bias=False)  # a constant has no gradient
+
+    def _energy(self, h: torch.Tensor, t) -> torch.Tensor:
+        emb = self.time(_times(t, h.shape[0], h))
+        for layer, proj in zip(self.layers, self.time_proj):
+            h = F.silu(layer(h) + proj(emb))
+        return self.out(h)[:, 0]
+
+    def energy(self, x: torch.Tensor, t) -> torch.Tensor:
+        r"""The energy $E_\theta(x,t)$, shape (B,), in the parameters' dtype."""
+        return self._energy(_input(x, (self.dim,), self), t)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        r"""$-\nabla_xE_\theta(x,t)$ for ``x`` (B, dim) and ``t`` (scalar or (B,), in
+        [0, 1]), shape (B, dim)."""
+        h = _input(x, (self.dim,), self)
+        record = torch.is_grad_enabled()
+        with torch.enable_grad():
+            if not h.requires_grad:
+                h = h.detach().requires_grad_(True)
+            e = self._energy(h, t).sum()
+            (grad,) = torch.autograd.grad(e, h, create_graph=record)
+        return _output(-grad, x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, hidden={self.hidden}, depth={self.depth}, "
+            f"emb_dim={self.emb_dim}, params={count_params(self):,}"
+        )

@@ -35,6 +35,9 @@ from dlib import (
     analytic,
     data,
     fullscale,
+    geometry,
+    guidance,
+    interpolants,
     losses,
     metrics,
     nets,
@@ -742,6 +745,427 @@ def test_plots_accept_valid_input(seed, vmin, width):
         plt.close("all")
 
 
+# === chapter I.4: interpolants (helper 1 owns this section) =========================
+SI_PATHS = [interpolants.Interpolant(p, g, 0.7) for p in interpolants.PATHS
+            for g in interpolants.GAMMAS]
+SI_BASE = analytic.GaussianMixture([[0.0, 1.0], [0.5, -1.0]], [0.2, 0.6])
+
+
+@covers("interpolants.PATHS", "interpolants.GAMMAS", "interpolants.Interpolant",
+        "interpolants.Interpolant.coefficients", "interpolants.InterpolantCoefficients",
+        "interpolants.Interpolant.sample", "interpolants.Interpolant.score_from_z")
+@SETTINGS
+@given(it=st.sampled_from(SI_PATHS), t=times, seed=seeds, dtype=dtypes,
+       scale=st.sampled_from([0.0, 1.0, 1e3]))
+def test_interpolant_is_finite_or_says_singular(it, t, seed, dtype, scale):
+    c = it.coefficients(t)
+    assert isinstance(c, interpolants.InterpolantCoefficients) and not has_nan(c)
+    x0, x1 = scale * randn(seed, 4, 2, dtype=dtype), randn(seed + 1, 4, 2, dtype=dtype)
+    out = finite_or_singular(
+        lambda: it.sample(x0, x1, t, torch.Generator().manual_seed(seed)))
+    assert out is None or (out[0].dtype == dtype and out[0].shape == x0.shape)
+    z = finite_or_singular(lambda: it.score_from_z(x1, t))
+    assert z is None or z.shape == x1.shape
+
+
+@covers("interpolants.MixtureBridge", "interpolants.MixtureBridge.posterior_means",
+        "interpolants.MixtureBridge.velocity", "interpolants.MixtureBridge.score",
+        "interpolants.MixtureBridge.log_prob", "interpolants.MixtureBridge.sample")
+@SETTINGS
+@given(it=st.sampled_from(SI_PATHS), t=times, seed=seeds, dtype=dtypes,
+       scale=st.sampled_from([0.0, 1.0, 1e3]))
+def test_mixture_bridge_is_finite_or_says_singular(it, t, seed, dtype, scale):
+    br = interpolants.MixtureBridge(GM, SI_BASE, it)
+    x = scale * randn(seed, 5, 2, dtype=dtype)
+    for method in (br.velocity, br.score, br.log_prob, br.posterior_means):
+        out = finite_or_singular(lambda m=method: m(x, t))
+        assert out is None or not has_nan(out)
+    assert all_finite(br.sample(3, t, torch.Generator().manual_seed(seed)))
+
+
+@covers("losses.INTERPOLANT_TARGETS", "losses.interpolant_loss",
+        "sampling.sample_interpolant")
+@FEW
+@given(it=st.sampled_from(SI_PATHS), target=st.sampled_from(losses.INTERPOLANT_TARGETS),
+       seed=seeds, antithetic=st.booleans(), t=times, delta=st.sampled_from([0.0, 0.5]))
+def test_interpolant_loss_and_sampler_are_finite(it, target, seed, antithetic, t,
+                                                 delta):
+    x0, x1 = randn(seed, 6, 2), randn(seed + 1, 6, 2)
+    g = torch.Generator().manual_seed(seed)
+    for tt in (None, t):
+        out = finite_or_singular(lambda tt=tt: losses.interpolant_loss(
+            mlp(), x0, x1, it, target, t=tt, antithetic=antithetic, generator=g))
+        assert out is None or out.dim() == 0
+    br = interpolants.MixtureBridge(GM, SI_BASE, it)
+    ts = torch.tensor([0.99, 0.6, 0.2], dtype=F64)
+    for v, s in ((mlp(), lambda y, tt: -y), (br.velocity, br.score)):
+        out = sampling.sample_interpolant(v, s, x1.double(), ts, delta=delta,
+                                          generator=g)
+        assert all_finite(out) and out.shape == x1.shape
+    up = sampling.sample_interpolant(mlp(), None, x0, ts.flip(0))
+    assert all_finite(up) and up.dtype == x0.dtype
+
+
+SI_X = randn(0, 4, 2)
+SI_IT = interpolants.Interpolant("linear", "brownian")
+SI_BRIDGE = interpolants.MixtureBridge(GM, SI_BASE, SI_IT)
+SI_BAD_X = st.sampled_from([None, "x", SI_X.tolist(), SI_X[0], SI_X[:0],
+                            torch.full((4, 2), nan), SI_X > 0])
+SI_BAD_T = st.sampled_from([-0.1, 1.5, nan, inf, "t", None, True])
+SI_BAD_FN = st.sampled_from([None, 1, "f"])
+SI_BAD = [
+    ("Interpolant", "path", st.sampled_from(["cubic", None, 1]),
+     lambda v: interpolants.Interpolant(v)),
+    ("Interpolant", "gamma", st.sampled_from(["sqrt", None, 0.5]),
+     lambda v: interpolants.Interpolant("linear", v)),
+    ("Interpolant", "a", st.sampled_from([0.0, -1.0, nan, inf, "a", None]),
+     lambda v: interpolants.Interpolant("linear", "brownian", v)),
+    ("Interpolant.coefficients", "t", SI_BAD_T, lambda v: SI_IT.coefficients(v)),
+    ("Interpolant.sample", "x0", SI_BAD_X, lambda v: SI_IT.sample(v, SI_X, 0.5)),
+    ("Interpolant.sample", "x1",
+     st.sampled_from([None, torch.zeros(4, 3), torch.full((4, 2), nan)]),
+     lambda v: SI_IT.sample(SI_X, v, 0.5)),
+    ("Interpolant.sample", "t", SI_BAD_T, lambda v: SI_IT.sample(SI_X, SI_X, v)),
+    ("Interpolant.sample", "z", st.sampled_from([torch.zeros(4, 3), "z"]),
+     lambda v: SI_IT.sample(SI_X, SI_X, 0.5, z=v)),
+    ("Interpolant.sample", "generator", st.sampled_from([1, "g"]),
+     lambda v: SI_IT.sample(SI_X, SI_X, 0.5, v)),
+    ("Interpolant.score_from_z", "z_hat", SI_BAD_X,
+     lambda v: SI_IT.score_from_z(v, 0.5)),
+    ("Interpolant.score_from_z", "t", SI_BAD_T, lambda v: SI_IT.score_from_z(SI_X, v)),
+    ("MixtureBridge", "data", st.sampled_from([None, "gm", S.VPLinear()]),
+     lambda v: interpolants.MixtureBridge(v, SI_BASE, SI_IT)),
+    ("MixtureBridge", "base",
+     st.sampled_from([None, analytic.Gaussian(torch.zeros(3, dtype=F64))]),
+     lambda v: interpolants.MixtureBridge(GM, v, SI_IT)),
+    ("MixtureBridge", "interpolant", st.sampled_from([None, S.LinearInterpolant()]),
+     lambda v: interpolants.MixtureBridge(GM, SI_BASE, v)),
+    ("MixtureBridge.velocity", "x", SI_BAD_X, lambda v: SI_BRIDGE.velocity(v, 0.5)),
+    ("MixtureBridge.score", "t", SI_BAD_T, lambda v: SI_BRIDGE.score(SI_X, v)),
+    ("MixtureBridge.log_prob", "x", SI_BAD_X, lambda v: SI_BRIDGE.log_prob(v, 0.5)),
+    ("MixtureBridge.posterior_means", "t", SI_BAD_T,
+     lambda v: SI_BRIDGE.posterior_means(SI_X, v)),
+    ("MixtureBridge.sample", "n", st.sampled_from([0, -1, 1.5, "n", None]),
+     lambda v: SI_BRIDGE.sample(v, 0.5)),
+    ("MixtureBridge.sample", "t", SI_BAD_T, lambda v: SI_BRIDGE.sample(3, v)),
+    ("interpolant_loss", "net", SI_BAD_FN,
+     lambda v: losses.interpolant_loss(v, SI_X, SI_X, SI_IT)),
+    ("interpolant_loss", "interpolant", st.sampled_from([None, S.VPLinear()]),
+     lambda v: losses.interpolant_loss(mlp(), SI_X, SI_X, v)),
+    ("interpolant_loss", "target", st.sampled_from(["eps", None, 1]),
+     lambda v: losses.interpolant_loss(mlp(), SI_X, SI_X, SI_IT, v)),
+    ("interpolant_loss", "x0", SI_BAD_X,
+     lambda v: losses.interpolant_loss(mlp(), v, SI_X, SI_IT)),
+    ("interpolant_loss", "x1", st.sampled_from([None, torch.zeros(4, 3)]),
+     lambda v: losses.interpolant_loss(mlp(), SI_X, v, SI_IT)),
+    ("interpolant_loss", "t_range",
+     st.sampled_from([(0.5, 0.1), (0.0, 1.5), None, "r", (nan, 0.5)]),
+     lambda v: losses.interpolant_loss(mlp(), SI_X, SI_X, SI_IT, t_range=v)),
+    ("interpolant_loss", "antithetic", st.sampled_from([1, "yes", None]),
+     lambda v: losses.interpolant_loss(mlp(), SI_X, SI_X, SI_IT, antithetic=v)),
+    ("sample_interpolant", "velocity", SI_BAD_FN,
+     lambda v: sampling.sample_interpolant(v, None, SI_X, [1.0, 0.5])),
+    ("sample_interpolant", "score", SI_BAD_FN,
+     lambda v: sampling.sample_interpolant(mlp(), v, SI_X, [1.0, 0.5], delta=0.5)),
+    ("sample_interpolant", "x", SI_BAD_X,
+     lambda v: sampling.sample_interpolant(mlp(), None, v, [1.0, 0.5])),
+    ("sample_interpolant", "ts",
+     st.sampled_from([None, "ts", [1.0, 1.0, 0.0], [0.2, 0.5, 0.1], [1.5, 0.5],
+                      [1.0, nan], [], [1.0], [[1.0, 0.5]]]),
+     lambda v: sampling.sample_interpolant(mlp(), None, SI_X, v)),
+    ("sample_interpolant", "delta",
+     st.sampled_from([-0.5, nan, inf, "e", None, lambda t: -1.0]),
+     lambda v: sampling.sample_interpolant(mlp(), None, SI_X, [1.0, 0.5], delta=v)),
+    ("sample_interpolant", "callback", st.sampled_from([1, "cb"]),
+     lambda v: sampling.sample_interpolant(mlp(), None, SI_X, [1.0, 0.5], callback=v)),
+    ("sample_interpolant", "generator", st.sampled_from([1, "g"]),
+     lambda v: sampling.sample_interpolant(mlp(), None, SI_X, [1.0, 0.5], generator=v)),
+]
+
+
+@pytest.mark.parametrize("label, arg, values, call", SI_BAD,
+                         ids=[f"{b[0]}-{b[1]}" for b in SI_BAD])
+@FEW
+@given(data_=st.data())
+def test_interpolants_bad_input_names_the_argument(label, arg, values, call, data_):
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
+
+
+
+# === chapter I.5: guidance (helper 2 owns this section) =============================
+GM_LABELLED = analytic.GaussianMixture(
+    [[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0]], [0.3, 0.5, 0.2], [0.3, 0.5, 0.2],
+    labels=[0, 1, 1],
+)
+
+
+@covers(
+    "analytic.GaussianMixture.class_prior",
+    "analytic.GaussianMixture.class_log_prob",
+    "analytic.GaussianMixture.conditional",
+    "guidance.classifier_guidance",
+    "guidance.classifier_free_guidance",
+    "guidance.label_denoiser",
+)
+@SETTINGS
+@given(sch=schedules, t=times, kind=kinds, scale=st.floats(-3.0, 10.0),
+       y=st.integers(0, 1), seed=seeds)
+def test_guidance_is_finite_or_says_singular(sch, t, kind, scale, y, seed):
+    x = 3.0 * randn(seed, 4, 2, dtype=F64)
+    prior = GM_LABELLED.class_prior()
+    assert all_finite(prior) and abs(float(prior.sum()) - 1) < 1e-12
+    lp = GM_LABELLED.class_log_prob(x, t, sch)
+    assert not has_nan(lp) and bool((lp <= 1e-12).all())
+    assert all_finite(GM_LABELLED.class_log_prob(x))
+    cond, uncond = GM_LABELLED.conditional(y).denoiser(sch), GM_LABELLED.denoiser(sch)
+    cfg = guidance.classifier_free_guidance(cond, uncond, scale, kind)
+    cg = guidance.classifier_guidance(
+        uncond, lambda z, tt: GM_LABELLED.class_log_prob(z, tt, sch)[:, y], scale
+    )
+    for den in (cfg, cg):
+        out = finite_or_singular(lambda: den.predict(x, t, kind))
+        assert out is None or out.shape == x.shape
+    net = nets.MLP(2, hidden=8, depth=2, emb_dim=4, num_classes=2)
+    for label in (None, y, torch.tensor([0, 1, 1, 0])):
+        den = guidance.label_denoiser(net, label, sch, kind)
+        out = finite_or_singular(lambda: den.predict(x.float(), t))
+        assert out is None or (out.shape == x.shape and out.dtype == F32)
+
+
+def test_guidance_bad_input_names_the_argument():
+    den = GM_LABELLED.denoiser(S.VPLinear())
+    cases = [
+        (lambda: guidance.classifier_guidance(None, lambda x, t: x[:, 0], 1.0),
+         "denoiser"),
+        (lambda: guidance.classifier_guidance(den, None, 1.0), "log_prob"),
+        (lambda: guidance.classifier_guidance(den, lambda x, t: x[:, 0], math.inf),
+         "^w must"),
+        (lambda: guidance.classifier_free_guidance(den, "u", 2.0), "uncond"),
+        (lambda: guidance.classifier_free_guidance(1, den, 2.0), "cond"),
+        (lambda: guidance.classifier_free_guidance(den, den, math.nan), "^w must"),
+        (lambda: guidance.classifier_free_guidance(den, den, 2.0, "v0"), "kind"),
+        (lambda: guidance.label_denoiser(mlp(), 1.5, S.VPLinear()), "^y must"),
+        (lambda: guidance.label_denoiser(mlp(), 0, None), "schedule"),
+        (lambda: GM_LABELLED.conditional(2), "^y must"),
+        (lambda: GM_LABELLED.class_log_prob(torch.zeros(2, 2), 2.0, S.VPLinear()),
+         "t"),
+        (lambda: GM_LABELLED.class_log_prob(torch.zeros(2, 2), 0.5), "schedule"),
+        (lambda: GM.class_prior(), "labels"),
+        (lambda: analytic.GaussianMixture([[0.0]], 1.0, labels=[1]), "labels"),
+        (lambda: nets.MLP(2, num_classes=0), "num_classes"),
+        (lambda: nets.MLP(2, hidden=8, depth=2, emb_dim=4, num_classes=2)(
+            torch.zeros(3, 2), 0.5, 2.5), "^y must"),
+        (lambda: mlp()(torch.zeros(3, 2), 0.5, 0), "^y was given"),
+    ]
+    for call, name in cases:
+        with pytest.raises(ValueError, match=name):
+            call()
+
+
+
+# === chapter I.6: geometry and nets.EnergyMLP (helper 3 owns this section) ==========
+SPHERE5 = geometry.UniformSphere(torch.linalg.qr(randn(3, 5, 3, dtype=F64))[0], 1.5)
+A2 = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=F64)
+
+
+@covers(
+    "geometry.jacobian",
+    "geometry.gauge_defect",
+    "geometry.perturb_score",
+    "geometry.rotation_gauge",
+    "geometry.intrinsic_dimension",
+    "geometry.flow_jacobian",
+)
+@FEW
+@given(sch=schedules, t=st.floats(0.01, 1.0), seed=seeds, c=st.floats(-5.0, 5.0),
+       scale=st.sampled_from([1e-3, 1.0, 30.0]))
+def test_geometry_fields_are_finite(sch, t, seed, c, scale):
+    x = scale * randn(seed, 5, 2, dtype=F64)
+    den = GM.denoiser(sch)
+    s_fn = lambda z: GM.score(z, t, sch)  # noqa: E731
+    assert all_finite(geometry.jacobian(s_fn, x))
+    assert all_finite(geometry.gauge_defect(lambda z: s_fn(z) @ A2.T, s_fn, x))
+    for g in (geometry.rotation_gauge(den, c * A2),
+              geometry.perturb_score(den, lambda z, tt: c * z)):
+        out = finite_or_singular(lambda: g.predict(x, t, "velocity"))
+        assert out is None or out.shape == x.shape
+    sv = torch.linalg.svdvals(randn(seed, 4, 3, 3, dtype=F64))
+    d = geometry.intrinsic_dimension(sv)
+    assert bool(((d >= 1) & (d <= 3)).all())
+    x_end, Y = geometry.flow_jacobian(den, x, [min(t, 0.9), 0.005])
+    assert all_finite((x_end, Y)) or sch.coefficients(0.005).sigma == 0
+
+
+@covers("geometry.weighted_helmholtz")
+@FEW
+@given(seed=seeds, n=st.integers(3, 12), h=st.floats(1e-3, 10.0),
+       spread=st.sampled_from([0.0, 1.0, 1e3]))
+def test_weighted_helmholtz_is_finite(seed, n, h, spread):
+    F = randn(seed, n, n, 2, dtype=F64)
+    log_p = -spread * randn(seed + 1, n, n, dtype=F64) ** 2
+    grad, r = geometry.weighted_helmholtz(F, log_p, h)
+    assert np.isfinite(grad).all() and np.isfinite(r).all()
+
+
+@covers(
+    "geometry.UniformSphere",
+    "geometry.UniformSphere.log_prob",
+    "geometry.UniformSphere.score",
+    "geometry.UniformSphere.denoiser",
+    "geometry.UniformSphere.sample",
+)
+@SETTINGS
+@given(sch=schedules, t=st.floats(1e-4, 1.0), seed=seeds,
+       scale=st.sampled_from([0.0, 1e-8, 1.0, 1e3]), dtype=dtypes)
+def test_sphere_is_finite(sch, t, seed, scale, dtype):
+    x = (scale * randn(seed, 4, 5, dtype=F64)).to(dtype)
+    if sch.coefficients(t).sigma == 0:
+        return
+    assert all_finite(SPHERE5.log_prob(x, t, sch))
+    assert all_finite(SPHERE5.score(x, t, sch))
+    out = SPHERE5.denoiser(sch).predict(x, t, "score")
+    assert all_finite(out) and out.dtype == dtype
+    y = SPHERE5.sample(3, torch.Generator().manual_seed(seed))
+    assert all_finite(y) and y.shape == (3, 5)
+
+
+@covers("nets.EnergyMLP", "nets.EnergyMLP.energy", "nets.EnergyMLP.forward",
+        "nets.EnergyMLP.extra_repr")
+@FEW
+@given(seed=seeds, t=times, dtype=dtypes, scale=st.sampled_from([0.0, 1.0, 1e3]))
+def test_energy_mlp_is_finite(seed, t, dtype, scale):
+    torch.manual_seed(0)
+    net = nets.EnergyMLP(3, hidden=8, depth=2, emb_dim=4)
+    x = (scale * randn(seed, 4, 3)).to(dtype)
+    assert all_finite(net.energy(x, t)) and net.energy(x, t).shape == (4,)
+    with torch.no_grad():
+        out = net(x, t)
+    assert all_finite(out) and out.shape == x.shape and out.dtype == dtype
+    assert "params=" in repr(net)
+
+
+# (the shared strategies of section 2 are defined further down: local ones here)
+X6 = randn(0, 4, 2)
+DEN6 = GM.denoiser(S.VPLinear())
+NOT_CALLABLE6 = st.sampled_from([1, "f", None, 2.5, torch.zeros(2)])
+BAD_X6 = st.sampled_from([None, "x", X6.tolist(), X6[:0], X6[0], X6 > 0,
+                          torch.full((4, 2), nan)])
+BAD_POSITIVE6 = st.sampled_from([0.0, -1.0, nan, inf, "1", None, True])
+GEOMETRY_BAD = [
+    ("jacobian", "fn", NOT_CALLABLE6, lambda v: geometry.jacobian(v, X6)),
+    ("jacobian", "x", BAD_X6, lambda v: geometry.jacobian(lambda z: z, v)),
+    ("gauge_defect", "r", NOT_CALLABLE6,
+     lambda v: geometry.gauge_defect(v, lambda z: z, X6)),
+    ("gauge_defect", "score", NOT_CALLABLE6,
+     lambda v: geometry.gauge_defect(lambda z: z, v, X6)),
+    ("perturb_score", "denoiser", st.sampled_from([None, "d", GM, lambda x, t: x]),
+     lambda v: geometry.perturb_score(v, lambda z, t: z)),
+    ("perturb_score", "field", NOT_CALLABLE6,
+     lambda v: geometry.perturb_score(DEN6, v)),
+    ("rotation_gauge", "A",
+     st.sampled_from([None, "A", [[1.0, 0.0], [0.0, 1.0]], [1.0, 2.0],
+                      [[0.0, nan], [0.0, 0.0]]]),
+     lambda v: geometry.rotation_gauge(DEN6, v)),
+    ("weighted_helmholtz", "field",
+     st.sampled_from([None, "f", np.zeros((4, 4, 3)), np.full((4, 4, 2), nan)]),
+     lambda v: geometry.weighted_helmholtz(v, np.zeros((4, 4)), 0.1)),
+    ("weighted_helmholtz", "log_p",
+     st.sampled_from([None, np.zeros(4), np.zeros((2, 4)), np.full((4, 4), nan)]),
+     lambda v: geometry.weighted_helmholtz(np.zeros((4, 4, 2)), v, 0.1)),
+    ("weighted_helmholtz", "h", BAD_POSITIVE6,
+     lambda v: geometry.weighted_helmholtz(np.zeros((4, 4, 2)), np.zeros((4, 4)), v)),
+    ("flow_jacobian", "x", BAD_X6,
+     lambda v: geometry.flow_jacobian(DEN6, v, [0.5, 0.1])),
+    ("flow_jacobian", "ts",
+     st.sampled_from([None, "ts", [0.1, 0.5], [0.5, 0.0], [1.5, 0.5], [0.5], []]),
+     lambda v: geometry.flow_jacobian(DEN6, X6.double(), v)),
+    ("flow_jacobian", "callback", st.sampled_from([1, "cb"]),
+     lambda v: geometry.flow_jacobian(DEN6, X6.double(), [0.5, 0.1], callback=v)),
+    ("intrinsic_dimension", "singular_values",
+     st.sampled_from([None, "s", [1.0, 0.5], [[1.0]], [[1.0, -0.5]], [[nan, 1.0]]]),
+     lambda v: geometry.intrinsic_dimension(v)),
+    ("intrinsic_dimension", "min_ratio", st.sampled_from([0.5, nan, inf, "5", None]),
+     lambda v: geometry.intrinsic_dimension([[1.0, 0.1]], min_ratio=v)),
+    ("UniformSphere", "basis",
+     st.sampled_from([None, "U", torch.ones(5, 3), torch.eye(2), torch.zeros(5, 2)]),
+     lambda v: geometry.UniformSphere(v)),
+    ("UniformSphere", "radius", BAD_POSITIVE6,
+     lambda v: geometry.UniformSphere(torch.eye(3), v)),
+    ("UniformSphere.score", "x",
+     st.sampled_from([None, "x", torch.zeros(3, 4, dtype=F64), torch.zeros(0, 5),
+                      torch.zeros(5), torch.full((2, 5), nan)]),
+     lambda v: SPHERE5.score(v, 0.5, S.VPLinear())),
+    ("UniformSphere.log_prob", "t", st.sampled_from([0.0, -0.1, 1.5, nan, "t", None]),
+     lambda v: SPHERE5.log_prob(torch.zeros(2, 5, dtype=F64), v, S.VPLinear())),
+    ("UniformSphere.denoiser", "schedule",
+     st.sampled_from([None, "vp", S.VPLinear, GM]), lambda v: SPHERE5.denoiser(v)),
+    ("UniformSphere.sample", "n", st.sampled_from([0, -1, 1.5, "n", None]),
+     lambda v: SPHERE5.sample(v)),
+    ("EnergyMLP", "dim", st.sampled_from([0, -1, 1.5, "d", None]),
+     lambda v: nets.EnergyMLP(v)),
+    ("EnergyMLP", "emb_dim", st.sampled_from([0, 3, "e"]),
+     lambda v: nets.EnergyMLP(2, emb_dim=v)),
+    ("EnergyMLP.forward", "x",  # an empty batch is fine for the networks
+     st.sampled_from([None, "x", X6.tolist(), X6[0], X6 > 0, torch.full((4, 2), nan)]),
+     lambda v: nets.EnergyMLP(2, hidden=4, depth=2, emb_dim=4)(v, 0.5)),
+    ("EnergyMLP.energy", "t", st.sampled_from([-0.5, 1.5, nan, "t", None]),
+     lambda v: nets.EnergyMLP(2, hidden=4, depth=2, emb_dim=4).energy(X6, v)),
+]
+
+
+@pytest.mark.parametrize(
+    "label, arg, values, call",
+    GEOMETRY_BAD,
+    ids=[f"{b[0]}-{b[1]}" for b in GEOMETRY_BAD],
+)
+@FEW
+@given(data_=st.data())
+def test_geometry_bad_input_names_the_argument(label, arg, values, call, data_):
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
+
+
+# === chapter I.7: Gaussian closed form (helper 4 owns this section) =================
+@covers(
+    "analytic.GaussianPCA",
+    "analytic.GaussianPCA.from_data",
+    "analytic.GaussianPCA.flow",
+    "analytic.GaussianPCA.x0_hat",
+    "analytic.GaussianPCA.commitment",
+    "analytic.GaussianPCA.denoiser",
+)
+@SETTINGS
+@given(
+    sch=schedules,
+    s=st.floats(0.05, 1.0),
+    t=times,
+    seed=seeds,
+    D=st.integers(1, 5),
+    rank=st.integers(1, 5),
+    scale=st.sampled_from([0.0, 1e-6, 1.0, 1e3]),
+    dtype=dtypes,
+)
+def test_gaussian_pca_is_finite(sch, s, t, seed, D, rank, scale, dtype):
+    rank = min(rank, D)
+    x = randn(seed, 7, D, dtype=F64) * scale
+    g = analytic.GaussianPCA.from_data(x, rank=rank)
+    xs = randn(seed + 1, 3, D, dtype=dtype)
+    if sch.coefficients(s).sigma > 0:
+        assert all_finite(g.flow(xs, s, t, sch))
+        ts = torch.tensor([1.0, t, 0.0], dtype=F64)
+        assert g.flow(xs, s, ts, sch).shape == (3, 3, D)
+    assert all_finite((g.x0_hat(xs, t, sch), g.commitment(t, sch)))
+    rho = g.commitment(torch.tensor([t, s], dtype=F64), sch)
+    assert bool(((rho >= 0) & (rho <= 1 + 1e-12)).all())
+    out = g.denoiser(sch).predict(xs, t)  # native kind "x0": the Wiener filter
+    assert all_finite(out) and out.dtype == dtype
+
+
 # === coverage of the public API =======================================================
 MODULES = {
     "schedules": S,
@@ -754,6 +1178,9 @@ MODULES = {
     "metrics": metrics,
     "train": train,
     "fullscale": fullscale,
+    "interpolants": interpolants,
+    "guidance": guidance,
+    "geometry": geometry,
     "plot": plot,
     "runtime": runtime,
 }
