@@ -500,15 +500,15 @@ class GaussianPCA:
             )
         return C.batch(x, name)
 
-    def _w(self, a, s):
+    def _V(self, a, s):
         """V_k = alpha^2 kappa_k + sigma^2 for (T,) alpha, sigma: shape (T, r)."""
         return a[:, None] ** 2 * self.eigvals + s[:, None] ** 2
 
     def _gain(self, a, s):
         """alpha kappa_k / V_k (T, r), 0 where kappa_k = sigma = 0 (the limit)."""
-        w = self._w(a, s)
+        V = self._V(a, s)
         num = a[:, None] * self.eigvals
-        return torch.where(w > 0, num / torch.where(w > 0, w, 1.0), 0.0)
+        return torch.where(V > 0, num / torch.where(V > 0, V, 1.0), 0.0)
 
     def _split(self, x, a):
         """(coordinates c_k (B, r), residual outside span U (B, D)) of x - a mu."""
@@ -540,8 +540,8 @@ class GaussianPCA:
                 f"distribution is not invertible there); start at s with sigma_s > 0"
             )
         a_t, s_t = schedule._log_alpha(ts).exp(), schedule._log_sigma(ts).exp()
-        w_s = self._w(torch.tensor([a_s], dtype=_F64), torch.tensor([s_s], dtype=_F64))
-        ratio = (self._w(a_t, s_t) / w_s).sqrt()  # (T, r)
+        V_s = self._V(torch.tensor([a_s], dtype=_F64), torch.tensor([s_s], dtype=_F64))
+        ratio = (self._V(a_t, s_t) / V_s).sqrt()  # (T, r)
         c, perp = self._split(x, a_s)
         out = (
             a_t[:, None, None] * self.mean
@@ -581,9 +581,9 @@ class GaussianPCA:
             raise ValueError(f"t must be a number or a 1-D tensor; shape {t.shape}")
         ts = C.as_time(t, dtype=_F64).reshape(-1).to(_F64)
         a, s = schedule._log_alpha(ts).exp(), schedule._log_sigma(ts).exp()
-        w = self._w(a, s)
+        V = self._V(a, s)
         num = a[:, None] ** 2 * self.eigvals
-        rho = torch.where(w > 0, num / torch.where(w > 0, w, 1.0), 0.0).sqrt()
+        rho = torch.where(V > 0, num / torch.where(V > 0, V, 1.0), 0.0).sqrt()
         return rho if many else rho[0]
 
     def denoiser(self, schedule: Schedule) -> Denoiser:
