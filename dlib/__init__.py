@@ -24,5 +24,6 @@ from . import (  # noqa: E402,F401
     runtime,
     sampling,
     schedules,
+    solvers,
     train,
 )

@@ -45,6 +45,7 @@ from dlib import (
     plot,
     runtime,
     sampling,
+    solvers,
 )
 from dlib import schedules as S
 from dlib import train
@@ -1166,6 +1167,231 @@ def test_gaussian_pca_is_finite(sch, s, t, seed, D, rank, scale, dtype):
     assert all_finite(out) and out.dtype == dtype
 
 
+# === Part II: solvers ===============================================================
+SOLVER_FNS = {
+    "dpm": solvers.sample_dpm_solver,
+    "dpm_pp": solvers.sample_dpm_solver_pp,
+}
+
+
+@covers("solvers.phi")
+@SETTINGS
+@given(
+    k=st.integers(0, 6),
+    h=st.one_of(
+        st.sampled_from([0.0, 1.0, -1.0, 1e-300, 709.0, 710.0, -1e4]),
+        st.floats(-1e6, 1e6),
+    ),
+)
+def test_phi_is_never_nan(k, h):
+    out = solvers.phi(k, h)
+    assert not math.isnan(out) and out >= 0  # phi_k > 0 for every real h
+    assert not has_nan(solvers.phi(k, torch.tensor([h, 0.5 * h], dtype=F64)))
+
+
+@covers("solvers.first_order_step")
+@SETTINGS
+@given(
+    sch=schedules,
+    t=st.floats(1e-6, 1.0),
+    frac=st.sampled_from([0.0, 0.5, 1 - 1e-9]),
+    prediction=st.sampled_from(["eps", "x0"]),
+    seed=seeds,
+    dtype=dtypes,
+)
+def test_first_order_step_is_finite(sch, t, frac, prediction, seed, dtype):
+    s = t * frac
+    x0, eps = randn(seed, 4, 2, dtype=dtype), randn(seed + 1, 4, 2, dtype=dtype)
+    c = sch.coefficients(torch.tensor(t, dtype=F64))
+    x = (float(c.alpha) * x0 + float(c.sigma) * eps).to(dtype)
+    out = solvers.first_order_step(x, x0, eps, t, s, sch, prediction=prediction)
+    assert out.shape == x.shape and out.dtype == dtype and all_finite(out)
+
+
+@covers("solvers.step_orders")
+@SETTINGS
+@given(
+    sch=schedules,
+    n=st.integers(1, 20),
+    order=st.integers(1, 3),
+    method=st.sampled_from(["multistep", "singlestep"]),
+    final=st.booleans(),
+    below=st.sampled_from([0, 10, 15, inf]),
+    t_max=st.sampled_from([1.0, 0.8]),
+)
+def test_step_orders_are_valid(sch, n, order, method, final, below, t_max):
+    ts = sampling.time_grid(n, t_max, 0.05, final_zero=True)
+    orders = solvers.step_orders(
+        ts, sch, order, method=method, lower_order_final=final, lower_order_below=below
+    )
+    assert len(orders) == n + 1 and orders[-1] == 1
+    assert all(isinstance(k, int) and 1 <= k <= order for k in orders)
+
+
+@covers("solvers.sample_dpm_solver", "solvers.sample_dpm_solver_pp")
+@SETTINGS
+@given(
+    sch=schedules,
+    name=st.sampled_from(sorted(SOLVER_FNS)),
+    order=st.integers(1, 3),
+    method=st.sampled_from(["multistep", "singlestep"]),
+    dtype=dtypes,
+    seed=seeds,
+    n=st.integers(1, 5),
+    oracle=st.booleans(),
+    t_max=st.sampled_from([1.0, 0.8]),
+    clip=st.sampled_from([None, 1.0]),
+)
+def test_dpm_solvers_are_finite_or_say_singular(
+    sch, name, order, method, dtype, seed, n, oracle, t_max, clip
+):
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    x = randn(seed, 4, 2, dtype=dtype)
+    ts = sampling.time_grid(n, t_max, 0.05, final_zero=True)
+    kw = {"order": order, "method": method}
+    if name == "dpm_pp" and clip is not None:
+        kw.update(clip_x0=clip, threshold_quantile=0.9)
+    out = finite_or_singular(lambda: SOLVER_FNS[name](den, x, ts, **kw))
+    assert out is None or (out.dtype == dtype and out.shape == x.shape)
+
+
+def _solver_bad_cases():
+    """(label, argument, strategy of bad values, call): built when the test runs, so
+    that it can use the shared strategies of section 2 below."""
+    x, ts = randn(0, 4, 2), [1.0, 0.5, 0.0]
+    den = GM.denoiser(S.VPLinear())
+    dpm, pp = solvers.sample_dpm_solver, solvers.sample_dpm_solver_pp
+    bad_orders = st.one_of(
+        st.integers(max_value=0), st.integers(min_value=4), st.booleans(),
+        st.floats(), st.text(max_size=3), st.none(),
+    )
+    return [
+        ("sample_dpm_solver", "x", bad_batches(x), lambda v: dpm(den, v, ts)),
+        ("sample_dpm_solver", "ts", bad_grids(), lambda v: dpm(den, x, v)),
+        ("sample_dpm_solver", "denoiser", bad_denoisers, lambda v: dpm(v, x, ts)),
+        ("sample_dpm_solver", "order", bad_orders, lambda v: dpm(den, x, ts, order=v)),
+        (
+            "sample_dpm_solver",
+            "method",
+            bad_options("multistep", "singlestep"),
+            lambda v: dpm(den, x, ts, method=v),
+        ),
+        (
+            "sample_dpm_solver",
+            "r1",
+            st.one_of(st.floats().filter(lambda v: not 0 < v <= 1), st.none()),
+            lambda v: dpm(den, x, ts, r1=v),
+        ),
+        (
+            "sample_dpm_solver",
+            "lower_order_final",
+            bad_flags,
+            lambda v: dpm(den, x, ts, lower_order_final=v),
+        ),
+        (
+            "sample_dpm_solver",
+            "lower_order_below",
+            st.one_of(bad_counts.filter(lambda v: v != 0), st.just(-inf)),
+            lambda v: dpm(den, x, ts, lower_order_below=v),
+        ),
+        (
+            "sample_dpm_solver",
+            "callback",
+            not_callables.filter(lambda v: v is not None),
+            lambda v: dpm(den, x, ts, callback=v),
+        ),
+        (
+            "sample_dpm_solver_pp",
+            "order",
+            bad_orders,
+            lambda v: pp(den, x, ts, order=v),
+        ),
+        (
+            "sample_dpm_solver_pp",
+            "clip_x0",
+            bad_positive.filter(lambda v: v is not None),
+            lambda v: pp(den, x, ts, clip_x0=v),
+        ),
+        (
+            "sample_dpm_solver_pp",
+            "threshold_quantile",
+            st.one_of(
+                st.floats().filter(lambda v: not 0 < v <= 1), st.text(max_size=3)
+            ),
+            lambda v: pp(den, x, ts, threshold_quantile=v),
+        ),
+        (
+            "phi",
+            "k",
+            bad_counts.filter(lambda v: v != 0),
+            lambda v: solvers.phi(v, 0.5),
+        ),
+        (
+            "phi",
+            "h",
+            st.one_of(
+                st.sampled_from([nan, inf, -inf]), st.text(max_size=3), st.none()
+            ),
+            lambda v: solvers.phi(1, v),
+        ),
+        (
+            "step_orders",
+            "schedule",
+            bad_schedules,
+            lambda v: solvers.step_orders(ts, v, 2),
+        ),
+        (
+            "step_orders",
+            "ts",
+            bad_grids(),
+            lambda v: solvers.step_orders(v, S.VPLinear(), 2),
+        ),
+        (
+            "first_order_step",
+            "eps",
+            bad_batches(x),
+            lambda v: solvers.first_order_step(x, x, v, 0.7, 0.5, S.VPLinear()),
+        ),
+        (
+            "first_order_step",
+            "t",
+            bad_times,
+            lambda v: solvers.first_order_step(x, x, x, v, 0.0, S.VPLinear()),
+        ),
+        (
+            "first_order_step",
+            "prediction",
+            bad_options("eps", "x0"),
+            lambda v: solvers.first_order_step(
+                x, x, x, 0.7, 0.5, S.VPLinear(), prediction=v
+            ),
+        ),
+    ]
+
+
+SOLVER_BAD_LABELS = [
+    "sample_dpm_solver-x", "sample_dpm_solver-ts", "sample_dpm_solver-denoiser",
+    "sample_dpm_solver-order", "sample_dpm_solver-method", "sample_dpm_solver-r1",
+    "sample_dpm_solver-lower_order_final", "sample_dpm_solver-lower_order_below",
+    "sample_dpm_solver-callback", "sample_dpm_solver_pp-order",
+    "sample_dpm_solver_pp-clip_x0", "sample_dpm_solver_pp-threshold_quantile",
+    "phi-k", "phi-h", "step_orders-schedule", "step_orders-ts",
+    "first_order_step-eps", "first_order_step-t", "first_order_step-prediction",
+]
+
+
+@pytest.mark.parametrize("index", range(len(SOLVER_BAD_LABELS)), ids=SOLVER_BAD_LABELS)
+@FEW
+@given(data_=st.data())
+def test_solver_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    label, arg, values, call = _solver_bad_cases()[index]
+    assert f"{label}-{arg}" == SOLVER_BAD_LABELS[index]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
+
+
 # === coverage of the public API =======================================================
 MODULES = {
     "schedules": S,
@@ -1175,6 +1401,7 @@ MODULES = {
     "nets": nets,
     "losses": losses,
     "sampling": sampling,
+    "solvers": solvers,
     "metrics": metrics,
     "train": train,
     "fullscale": fullscale,
