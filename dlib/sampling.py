@@ -33,7 +33,9 @@ from .schedules import Schedule
 
 __all__ = [
     "SPACINGS",
+    "TIMESTEP_SPACINGS",
     "time_grid",
+    "discrete_time_grid",
     "sample_ancestral",
     "sample_euler_maruyama",
     "sample_euler",
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 SPACINGS = ("uniform", "quadratic", "log_snr", "karras")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 PROGRESS_MIN_STEPS = 200
 
 
@@ -115,6 +118,66 @@ def time_grid(
         raise ValueError(
             f"{n} steps of spacing {spacing!r} between {t_max} and {t_min} do "
             f"not give distinct float64 times; use fewer steps"
+        )
+    if final_zero:
+        ts = torch.cat([ts, ts.new_zeros(1)])
+    return ts
+
+
+def discrete_time_grid(
+    n_steps: int,
+    n_train: int = 1000,
+    *,
+    spacing: str = "leading",
+    steps_offset: int = 0,
+    final_zero: bool = True,
+) -> torch.Tensor:
+    r"""The time grid of diffusers' discrete schedulers (DDIM, PNDM, DPM-Solver, ...)
+    for ``n_steps`` of an ``n_train``-step chain, in this book's times: timestep
+    $k\in\{0,\dots,T-1\}$ of a $T$-step chain is $t=(k+1)/T$ (DDPM's $\bar\alpha$
+    at index $k$ is $\alpha_t^2$ at that $t$; using $k/T$ is off by one step and puts
+    $k=0$ at $t=0$).
+
+    ``spacing`` (diffusers' ``timestep_spacing``; Lin et al. 2024, table 2):
+
+    - ``"leading"``: $k_i=i\lfloor T/n\rfloor+$ ``steps_offset``, $i=n-1,\dots,0$
+      (the DDIM paper's choice; never reaches $k=T-1$, so the first step starts below
+      $t=1$);
+    - ``"trailing"``: $k_i=\mathrm{round}(T-iT/n)-1$, $i=0,\dots,n-1$ (starts at
+      $k=T-1$, i.e. $t=1$);
+    - ``"linspace"``: $k_i=\mathrm{round}$ of $n$ points evenly spaced from $T-1$ down
+      to 0.
+
+    Rounding is half to even, as numpy's. ``final_zero=True`` appends $t=0$: the last
+    step then goes to clean data, as diffusers' DDIM does with ``set_alpha_to_one``.
+    Returns a strictly decreasing float64 tensor of ``n_steps`` (+1) times. Introduced
+    in Part II, DDIM and PNDM chapter."""
+    n = C.positive_int(n_steps, "n_steps")
+    T = C.positive_int(n_train, "n_train")
+    C.one_of(spacing, TIMESTEP_SPACINGS, "spacing")
+    offset = C.positive_int(steps_offset, "steps_offset", minimum=0)
+    C.flag(final_zero, "final_zero")
+    if n > T:
+        raise ValueError(f"n_steps={n} exceeds the chain's n_train={T} steps")
+    i = torch.arange(n, dtype=torch.float64)
+    if spacing == "leading":
+        k = (T // n) * i.flip(0) + offset
+    elif spacing == "trailing":
+        k = torch.round(T - i * (T / n)) - 1
+    else:
+        k = torch.round(torch.linspace(T - 1, 0, n, dtype=torch.float64))
+        if n == 1:
+            k = torch.zeros(1, dtype=torch.float64)
+    if bool((k > T - 1).any()):
+        raise ValueError(
+            f"steps_offset={offset} puts a timestep above the chain's last index "
+            f"{T - 1}; use a smaller offset"
+        )
+    ts = (k + 1) / T
+    if bool((ts[1:] >= ts[:-1]).any()):
+        raise ValueError(
+            f"{n} steps of spacing {spacing!r} on a {T}-step chain repeat a timestep; "
+            f"use fewer steps"
         )
     if final_zero:
         ts = torch.cat([ts, ts.new_zeros(1)])

@@ -502,6 +502,28 @@ def test_time_grids_are_finite_and_decreasing(sch, spacing, n, t_min, final_zero
     assert bool((ts[1:] < ts[:-1]).all()) and ts[0] == 1.0
 
 
+
+@covers("sampling.discrete_time_grid")
+@SETTINGS
+@given(
+    spacing=st.sampled_from(sampling.TIMESTEP_SPACINGS),
+    n_train=st.integers(1, 2000),
+    frac=st.floats(0.0, 1.0),
+    final_zero=st.booleans(),
+)
+def test_discrete_time_grids_are_in_0_1_and_decreasing(spacing, n_train, frac,
+                                                        final_zero):
+    n = max(1, round(frac * n_train))
+    ts = sampling.discrete_time_grid(n, n_train, spacing=spacing,
+                                     final_zero=final_zero)
+    assert ts.shape == (n + final_zero,) and all_finite(ts)
+    assert bool((ts[1:] < ts[:-1]).all()) and 0 < ts[0] <= 1.0 and ts[-1] >= 0
+    for bad in (0, -3, 2.5, True, nan):
+        with pytest.raises(ValueError, match="n_steps"):
+            sampling.discrete_time_grid(bad, n_train)
+    with pytest.raises(ValueError, match="spacing"):
+        sampling.discrete_time_grid(n, n_train, spacing="uniform")
+
 GRID_SAMPLERS = [
     "sample_ancestral",
     "sample_euler",
@@ -1421,6 +1443,7 @@ NOT_FUNCTIONS = {
     "data.TOY_2D",
     "data.FULL_SCALE_DATASETS",
     "sampling.SPACINGS",
+    "sampling.TIMESTEP_SPACINGS",
     "train.TrainResult",
     "fullscale.DATASETS",
     "fullscale.SAMPLERS",

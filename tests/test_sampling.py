@@ -478,3 +478,48 @@ def test_reference_ode_in_t_and_in_lambda_agree_on_a_smooth_schedule(setup):
     torch.testing.assert_close(
         b, gaussian_flow(x1[:50], 1.0, 1e-3, sch), rtol=1e-7, atol=1e-7
     )
+
+
+# --- diffusers' discrete timestep spacings ------------------------------------------
+def _numpy_timesteps(n, T, spacing, offset=0):
+    """diffusers' formulas (DDIMScheduler.set_timesteps), written out with numpy."""
+    import numpy as np
+
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, n).round()[::-1].astype(np.int64)
+    if spacing == "leading":
+        return (np.arange(0, n) * (T // n)).round()[::-1].astype(np.int64) + offset
+    return np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+
+
+@pytest.mark.parametrize("spacing", sampling.TIMESTEP_SPACINGS)
+@pytest.mark.parametrize("n", [1, 3, 7, 10, 20, 50, 333, 1000])
+def test_discrete_time_grid_is_diffusers_timesteps_at_t_k_plus_1_over_T(spacing, n):
+    T = 1000
+    ts = sampling.discrete_time_grid(n, T, spacing=spacing, final_zero=False)
+    k = (ts * T - 1).round().long().numpy()
+    assert (k == _numpy_timesteps(n, T, spacing)).all()
+    assert torch.allclose(ts, (torch.as_tensor(k, dtype=torch.float64) + 1) / T,
+                          rtol=0, atol=1e-15)
+
+
+def test_discrete_time_grid_known_values():
+    ten = lambda sp: (  # noqa: E731
+        sampling.discrete_time_grid(10, spacing=sp, final_zero=False) * 1000 - 1
+    ).round().long().tolist()
+    assert ten("leading") == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert ten("trailing") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert ten("linspace") == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    lead = sampling.discrete_time_grid(10, spacing="leading", steps_offset=1)
+    assert lead[0] == 0.902 and lead[-2] == 0.002 and lead[-1] == 0.0
+
+
+def test_discrete_time_grid_bad_input():
+    with pytest.raises(ValueError, match="n_train"):
+        sampling.discrete_time_grid(20, 10)
+    with pytest.raises(ValueError, match="spacing"):
+        sampling.discrete_time_grid(10, spacing="karras")
+    with pytest.raises(ValueError, match="steps_offset"):
+        sampling.discrete_time_grid(10, 1000, spacing="leading", steps_offset=200)
+    with pytest.raises(ValueError, match="steps_offset"):
+        sampling.discrete_time_grid(10, steps_offset=-1)
