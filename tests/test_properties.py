@@ -1414,6 +1414,75 @@ def test_solver_bad_input_gives_a_value_error_naming_the_argument(index, data_):
     assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
 
 
+@covers("solvers.sample_deis")
+@SETTINGS
+@given(
+    sch=schedules,
+    variant=st.sampled_from(["tab", "rhoab"]),
+    order=st.integers(1, 4),
+    dtype=dtypes,
+    seed=seeds,
+    n=st.integers(1, 6),
+    oracle=st.booleans(),
+    t_max=st.sampled_from([1.0, 0.8]),
+    final=st.booleans(),
+    final_zero=st.booleans(),
+)
+def test_deis_is_finite_or_says_singular(
+    sch, variant, order, dtype, seed, n, oracle, t_max, final, final_zero
+):
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    x = randn(seed, 4, 2, dtype=dtype)
+    ts = sampling.time_grid(n, t_max, 0.05, final_zero=final_zero)
+    out = finite_or_singular(
+        lambda: solvers.sample_deis(
+            den, x, ts, order=order, variant=variant, lower_order_final=final
+        )
+    )
+    assert out is None or (out.dtype == dtype and out.shape == x.shape)
+
+
+def _deis_bad_cases():
+    """(argument, strategy of bad values, call) for solvers.sample_deis."""
+    x, ts = randn(0, 4, 2), [1.0, 0.5, 0.0]
+    den = GM.denoiser(S.VPLinear())
+    deis = solvers.sample_deis
+    bad_orders = st.one_of(
+        st.integers(max_value=0), st.integers(min_value=5), st.booleans(),
+        st.floats(), st.text(max_size=3), st.none(),
+    )
+    return [
+        ("x", bad_batches(x), lambda v: deis(den, v, ts)),
+        ("ts", bad_grids(), lambda v: deis(den, x, v)),
+        ("denoiser", bad_denoisers, lambda v: deis(v, x, ts)),
+        ("order", bad_orders, lambda v: deis(den, x, ts, order=v)),
+        ("variant", bad_options("tab", "rhoab"), lambda v: deis(den, x, ts, variant=v)),
+        ("lower_order_final", bad_flags,
+         lambda v: deis(den, x, ts, lower_order_final=v)),
+        ("lower_order_below", st.one_of(bad_counts.filter(lambda v: v != 0),
+                                        st.just(-inf)),
+         lambda v: deis(den, x, ts, lower_order_below=v)),
+        ("callback", not_callables.filter(lambda v: v is not None),
+         lambda v: deis(den, x, ts, callback=v)),
+    ]
+
+
+DEIS_BAD_LABELS = ["x", "ts", "denoiser", "order", "variant", "lower_order_final",
+                   "lower_order_below", "callback"]
+
+
+@pytest.mark.parametrize("index", range(len(DEIS_BAD_LABELS)), ids=DEIS_BAD_LABELS)
+@FEW
+@given(data_=st.data())
+def test_deis_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    arg, values, call = _deis_bad_cases()[index]
+    assert arg == DEIS_BAD_LABELS[index]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+
+
 # === coverage of the public API =======================================================
 MODULES = {
     "schedules": S,

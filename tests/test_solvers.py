@@ -419,3 +419,197 @@ def test_clipping_and_dynamic_thresholding_bound_x0():
 def test_bad_input_is_a_value_error_naming_the_argument(call, name):
     with pytest.raises(ValueError, match=name.replace("<", r"\<")):
         call()
+
+
+# --- DEIS ----------------------------------------------------------------------------
+DEIS_VARIANTS = ["tab", "rhoab"]
+
+
+@pytest.mark.parametrize("variant", DEIS_VARIANTS)
+@pytest.mark.parametrize("final_zero", [False, True])
+@pytest.mark.parametrize("spacing", ["uniform", "log_snr"])
+def test_deis_order_one_is_ddim(variant, final_zero, spacing):
+    """Both variants compute their order-1 coefficients by their own route (the
+    quadrature of the exponential weight; the rho integral), not by the DDIM step."""
+    ts = sampling.time_grid(
+        12, 1.0, T_MIN, spacing=spacing, schedule=SCH, final_zero=final_zero
+    )
+    ddim = sampling.sample_ancestral(DEN, X1, ts, eta=0.0)
+    out = solvers.sample_deis(DEN, X1, ts, order=1, variant=variant)
+    assert rel(out, ddim) < 1e-12
+
+
+DEIS_CONFIGS = [(v, k) for v in DEIS_VARIANTS for k in (1, 2, 3, 4)]
+
+
+@pytest.mark.parametrize(
+    "variant, order", DEIS_CONFIGS, ids=[f"{v}{k}" for v, k in DEIS_CONFIGS]
+)
+def test_deis_empirical_order_matches_nominal(reference, variant, order):
+    """As for DPM-Solver above: max error at t_min against the reference on grids
+    uniform in lambda with 80 and 160 steps; log-log slope = order +- 0.3."""
+    errs = []
+    for n in (80, 160):
+        ts = sampling.time_grid(n, 1.0, T_MIN, spacing="log_snr", schedule=SCH)
+        out = solvers.sample_deis(DEN, X1, ts, order=order, variant=variant)
+        errs.append(float((out - reference).abs().max()))
+    slope = math.log2(errs[0] / errs[1])
+    assert abs(slope - order) <= 0.3, (variant, order, errs, slope)
+
+
+RHO_COEFS = torch.tensor(
+    [[0.3, -0.2], [0.5, 0.1], [-0.07, 0.04], [0.01, -0.02], [-1e-3, 2e-3]],
+    dtype=F64,
+)
+
+
+def _rho(t):
+    c = SCH.coefficients(torch.as_tensor(t, dtype=F64))
+    return c.sigma / c.alpha
+
+
+def rho_poly_denoiser(degree):
+    """eps_hat = sum_j c_j rho^j (j <= degree) whatever x."""
+    def fn(x, t):
+        r = _rho(t.to(F64))[:, None]
+        return sum(RHO_COEFS[j] * r**j for j in range(degree + 1)).expand_as(x)
+
+    return param.Denoiser(fn, SCH, "eps")
+
+
+def rho_poly_flow(x, t, s, degree):
+    """x_s from x_t: xbar = x / alpha moves by the integral of eps_hat over rho,
+    sum_j c_j (rho_s^{j+1} - rho_t^{j+1}) / (j + 1), in closed form."""
+    (at, _, _), (a_s, _, _) = _coef(t), _coef(s)
+    rt, rs = float(_rho(t)), float(_rho(s))
+    move = sum(RHO_COEFS[j] * (rs ** (j + 1) - rt ** (j + 1)) / (j + 1)
+               for j in range(degree + 1))
+    return a_s * (x / at + move)
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_deis_rhoab_is_exact_for_eps_polynomial_in_rho(order):
+    """After the warm-up (order - 1 steps), rhoAB of order k integrates a noise
+    prediction polynomial in rho of degree k - 1 exactly, on a grid that is not
+    uniform in rho; one degree higher it is not (the test can fail)."""
+    ts = sampling.time_grid(10, 0.9, 0.02, spacing="quadratic")
+    for degree, exact in ((order - 1, True), (order, False)):
+        seen = []
+        out = solvers.sample_deis(rho_poly_denoiser(degree), X1, ts, order=order,
+                                  variant="rhoab", callback=seen.append)
+        start = seen[order - 2]["x"]  # at ts[order - 1]
+        ref = rho_poly_flow(start, float(ts[order - 1]), float(ts[-1]), degree)
+        err = rel(out, ref)
+        assert err < 1e-12 if exact else err > 1e-8, (degree, err)
+
+
+T_COEFS = torch.tensor(
+    [[0.3, -0.2], [-0.8, 0.6], [1.1, -0.4], [-0.9, 0.5], [0.7, -0.3]], dtype=F64
+)
+
+
+def t_poly_denoiser(degree):
+    """eps_hat = sum_j c_j t^j (j <= degree) whatever x."""
+    def fn(x, t):
+        tt = t.to(F64)[:, None]
+        return sum(T_COEFS[j] * tt**j for j in range(degree + 1)).expand_as(x)
+
+    return param.Denoiser(fn, SCH, "eps")
+
+
+def t_poly_flow(x, t, s, degree):
+    """x_s from x_t for :func:`t_poly_denoiser`: xbar = x / alpha moves by the
+    integral over [t, s] of eps_hat(tau) d rho / d tau, done by scipy's adaptive
+    quadrature in t (independent of the library's Gauss-Legendre rule in lambda)."""
+    from scipy.integrate import quad
+
+    def drho(tau):
+        tt = torch.tensor(tau, dtype=F64)
+        c = SCH.coefficients(tt)
+        da, ds = float(SCH.d_alpha(tt)), float(SCH.d_sigma(tt))
+        return (ds * float(c.alpha) - float(c.sigma) * da) / float(c.alpha) ** 2
+
+    moments = [quad(lambda u, j=j: u**j * drho(u), t, s, epsabs=0, epsrel=1e-13,
+                    limit=200)[0] for j in range(degree + 1)]
+    (at, _, _), (a_s, _, _) = _coef(t), _coef(s)
+    return a_s * (x / at + sum(T_COEFS[j] * moments[j] for j in range(degree + 1)))
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_deis_tab_is_exact_for_eps_polynomial_in_t(order):
+    """tAB of order k is exact (after the warm-up) for a noise prediction polynomial
+    in t of degree k - 1: its weights integrate the exact exponential weight against
+    the Lagrange basis in t. Not exact one degree higher."""
+    ts = sampling.time_grid(10, 0.9, 0.02, spacing="quadratic")
+    for degree, exact in ((order - 1, True), (order, False)):
+        seen = []
+        out = solvers.sample_deis(t_poly_denoiser(degree), X1, ts, order=order,
+                                  variant="tab", callback=seen.append)
+        start = seen[order - 2]["x"]
+        ref = t_poly_flow(start, float(ts[order - 1]), float(ts[-1]), degree)
+        err = rel(out, ref)
+        assert err < 1e-11 if exact else err > 1e-8, (degree, err)
+
+
+def test_deis_tab_quadrature_is_converged():
+    """The tAB weights (32 Gauss-Legendre nodes on panels <= 1 in lambda) against a
+    rule with 64 nodes on panels of width 0.1, on long steps (h about 3: three
+    panels), down to t = 1e-5 where the weight in t is nearly singular."""
+    ts = sampling.time_grid(4, 1.0, 1e-5, spacing="log_snr", schedule=SCH).tolist()
+    lam = SCH.log_snr(torch.tensor(ts, dtype=F64)).tolist()
+    worst = 0.0
+    for i in range(2, len(ts) - 1):
+        nodes = [ts[i], ts[i - 1], ts[i - 2]]
+        a = solvers._tab_weights(SCH, lam[i], lam[i + 1], nodes)
+        b = solvers._tab_weights(SCH, lam[i], lam[i + 1], nodes, n_nodes=64,
+                                 panel=0.1)
+        scale = max(abs(v) for v in b)
+        worst = max(worst, max(abs(u - v) for u, v in zip(a, b)) / scale)
+    assert worst < 1e-13, worst
+
+
+def test_deis_rho_weights_written_out():
+    """The rho weights on k nodes integrate 1, u, ..., u^(k-1) exactly over [0, H]
+    (u = rho - rho_i), for k = 1 to 4."""
+    H, dr = -0.3, [0.5, 1.2, 0.8]
+    for k in range(1, 5):
+        nodes = [0.0] + dr[: k - 1]
+        w = solvers._rho_weights(dr[: k - 1], H)
+        for p in range(k):
+            moment = sum(wj * u**p for wj, u in zip(w, nodes))
+            assert abs(moment - H ** (p + 1) / (p + 1)) < 1e-15, (k, p)
+
+
+@pytest.mark.parametrize("final_zero", [False, True])
+def test_deis_nfe_is_one_per_step(final_zero):
+    ts = sampling.time_grid(7, 1.0, T_MIN, final_zero=final_zero)
+    calls = []
+    net = param.Denoiser(
+        lambda x, t: calls.append(1) or DEN.predict(x, t, "eps"), SCH, "eps"
+    )
+    for variant in DEIS_VARIANTS:
+        for order in (1, 2, 3, 4):
+            calls.clear()
+            net.nfe = 0
+            solvers.sample_deis(net, X1, ts, order=order, variant=variant,
+                                lower_order_final=True)
+            assert net.nfe == len(calls) == 7 + final_zero
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        ({"order": 5}, "order"),
+        ({"order": 0}, "order"),
+        ({"variant": "rhork"}, "variant"),
+        ({"lower_order_final": 1}, "lower_order_final"),
+        ({"lower_order_below": -1}, "lower_order_below"),
+        ({"callback": 3}, "callback"),
+        ({"progress": "yes"}, "progress"),
+    ],
+)
+def test_deis_bad_input_is_a_value_error_naming_the_argument(kw, name):
+    with pytest.raises(ValueError, match=name):
+        solvers.sample_deis(DEN, X1, [1.0, 0.5], **kw)
+    with pytest.raises(ValueError, match="ts"):
+        solvers.sample_deis(DEN, X1, [0.5, 1.0])
