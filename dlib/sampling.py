@@ -687,7 +687,8 @@ def sample_interpolant(
     may also be a function of time, $\delta_t$ (e.g. switched off near an end where
     the learned score $-\hat z/\gamma_t$ is unreliable). NFE: one of each model per
     step.
-    ``callback`` gets ``{"i", "t", "t_next", "x"}`` after every step."""
+    ``callback`` gets ``{"i", "t", "t_next", "x", "x0"}`` after every step, with "x0"
+    None (these fields give no data prediction)."""
     C.function(velocity, "velocity", "velocity(x, t)")
     x = C.batch(x, "x")
     if torch.is_tensor(ts):
@@ -722,10 +723,6 @@ def sample_interpolant(
             x = x.add_(_noise(x, generator), alpha=math.sqrt(2 * delta_t * abs(h)))
         else:
             x = x.add(v, alpha=h)
-        _report_si(callback, i, t, s, x)
+        _report(callback, i, t, s, x, None)  # no data prediction here
     return x
 
-
-def _report_si(callback, i, t, s, x):
-    if callback is not None:
-        callback({"i": i, "t": t, "t_next": s, "x": x})
