@@ -31,6 +31,7 @@ __all__ = [
     "Gaussian",
     "ring",
     "song_ermon",
+    "thin_mixture",
     "AnalyticDenoiser",
     "GaussianPCA",
 ]
@@ -395,6 +396,26 @@ def song_ermon() -> GaussianMixture:
     r"""Song & Ermon's (2019) example $\tfrac15N((-5,-5),I)+\tfrac45N((5,5),I)$ with
     separated modes."""
     return GaussianMixture([[-5.0, -5.0], [5.0, 5.0]], 1.0, [0.2, 0.8])
+
+
+def thin_mixture(
+    dim: int = 2, n_components: int = 8, width: float = 0.05, seed: int = 0
+) -> GaussianMixture:
+    r"""A hard test problem for fast ODE solvers (Part II): ``n_components`` thin,
+    anisotropic Gaussians with unequal weights in ``dim`` dimensions, at the scale of
+    image data ([-1, 1]). Component k has mean uniform in $[-0.8,0.8]^D$, diagonal
+    standard deviations ``width`` times a uniform factor in [0.5, 1.5] per coordinate,
+    and weight proportional to $1/(k+1)$ (the heaviest is ``n_components`` times the
+    lightest). Different ``seed`` values give different mixtures of the same kind:
+    a solver tuned on one is checked on another."""
+    dim = C.positive_int(dim, "dim")
+    k = C.positive_int(n_components, "n_components")
+    width = C.positive(width, "width")
+    g = torch.Generator().manual_seed(C.seed(seed))
+    means = (torch.rand(k, dim, generator=g, dtype=_F64) * 2 - 1) * 0.8
+    std = width * (0.5 + torch.rand(k, dim, generator=g, dtype=_F64))
+    weights = 1.0 / torch.arange(1, k + 1, dtype=_F64)
+    return GaussianMixture(means, std**2, weights)
 
 
 # --- chapter I.7: Gaussian data with a full covariance, and its closed-form flow ----

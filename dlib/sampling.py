@@ -29,7 +29,15 @@ from tqdm.auto import tqdm
 
 from . import _checks as C
 from .param import Denoiser, _lin
+from ._loop import (  # noqa: F401 (PROGRESS_MIN_STEPS: the public threshold)
+    PROGRESS_MIN_STEPS,
+    _prepare,
+    _progress,
+    _report,
+    _steps,
+)
 from .schedules import Schedule
+from .solvers._core import _first_order
 
 __all__ = [
     "SPACINGS",
@@ -49,7 +57,6 @@ __all__ = [
 
 SPACINGS = ("uniform", "quadratic", "log_snr", "karras")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-PROGRESS_MIN_STEPS = 200
 
 
 def time_grid(
@@ -184,46 +191,6 @@ def discrete_time_grid(
     return ts
 
 
-def _prepare(denoiser, x, ts) -> list[float]:
-    """Validate a sampler's inputs once; return the grid as Python floats. The
-    schedule's coefficients at every grid time are computed here too (they are cached),
-    so that the steps themselves only do tensor arithmetic on ``x``."""
-    C.denoiser(denoiser)
-    denoiser._check_x(x, "x")
-    if torch.is_tensor(ts):
-        ts = ts.detach().cpu()
-    ts = C.as_time(ts, name="ts", dtype=torch.float64).to(torch.float64)
-    if ts.dim() != 1 or ts.numel() < 2 or bool((ts[1:] >= ts[:-1]).any()):
-        raise ValueError(
-            "ts must be a strictly decreasing 1-D grid with at least 2 times"
-        )
-    ts = ts.tolist()
-    for t in ts:
-        denoiser.schedule._coefficients(t)
-    return ts
-
-
-def _progress(progress, n: int) -> bool:
-    """Whether to show a progress bar for ``n`` steps (see module)."""
-    if progress is not None and not isinstance(progress, bool):
-        raise ValueError(f"progress must be True, False or None; got {progress!r}")
-    return n >= PROGRESS_MIN_STEPS if progress is None else progress
-
-
-def _steps(ts: list[float], progress, desc: str):
-    """(i, t, s) for every step of the grid, with a progress bar when asked (see
-    module)."""
-    n = len(ts) - 1
-    show = _progress(progress, n)
-    steps = zip(range(n), ts[:-1], ts[1:])
-    return tqdm(steps, total=n, desc=desc, leave=False) if show else steps
-
-
-def _report(callback, i, t, s, x, x0):
-    if callback is not None:
-        callback({"i": i, "t": t, "t_next": s, "x": x, "x0": x0})
-
-
 def _noise(x, generator):
     return C.randn(x.shape, x, generator)
 
@@ -243,7 +210,8 @@ def sample_ancestral(
     r"""The DDPM/DDIM family:
     $x_s=\alpha_s\hat x_0+\sqrt{\sigma_s^2-\nu_{s|t}^2}\,\hat\epsilon+\nu_{s|t}\,z$ with
     $\nu_{s|t}=\eta\,\tilde\sigma_{s|t}$, where $\tilde\sigma^2_{s|t}$ is the backward
-    posterior's variance. ``eta=1``: ancestral DDPM; ``eta=0``: DDIM (deterministic).
+    posterior's variance. ``eta=1``: ancestral DDPM; ``eta=0``: DDIM (deterministic),
+    computed by the one DDIM step of :func:`dlib.solvers.first_order_step`.
     ``clip_x0`` clips $\hat x_0$ to [-clip_x0, clip_x0] (and recomputes
     $\hat\epsilon$). NFE: one per step."""
     ts = _prepare(denoiser, x, ts)
@@ -257,6 +225,7 @@ def sample_ancestral(
     s_next, t_now = grid[1:], grid[:-1]
     post_var = sch.posterior(s_next, t_now)[2].tolist()
     a_next, sig_next = sch.alpha(s_next).tolist(), sch.sigma(s_next).tolist()
+    lam = sch.log_snr(grid).tolist()
     for i, t, s in _steps(ts, progress, "ancestral"):
         x0, eps = denoiser._x0_eps(x, t)
         if clip_x0 is not None:
@@ -265,6 +234,9 @@ def sample_ancestral(
             eps = (x - c.alpha * x0) / c.sigma
         if s == 0:
             x = x0
+        elif eta == 0:  # DDIM: the first-order exponential integrator's step
+            ct, cs = sch._coefficients(t), sch._coefficients(s)
+            x = _first_order(x, x0, eps, ct, cs, lam[i + 1] - lam[i], False)
         else:
             nu2 = eta**2 * post_var[i]
             x = _lin(a_next[i], x0, math.sqrt(max(sig_next[i] ** 2 - nu2, 0.0)), eps)

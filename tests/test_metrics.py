@@ -129,3 +129,29 @@ def test_pf_ode_log_likelihood_matches_exact(divergence, gen):
 def test_bad_inputs(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_rms_error_closed_form_and_standard_error():
+    from dlib import metrics as M
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    x = ref + 0.1 * torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    rms, se = M.rms_error(x, ref)
+    assert abs(rms - 0.1) < 4 * se  # E e_i = 0.01 exactly
+    # e_i = 0.01 chi2_3 / 3: sd(e) = 0.01 sqrt(2/3), se = sd / (2 sqrt(N) rms)
+    assert abs(se - 0.01 * (2 / 3) ** 0.5 / (2 * 4000**0.5 * 0.1)) < 0.1 * se
+    assert M.rms_error(ref, ref) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="reference"):
+        M.rms_error(x, ref[:10])
+
+
+def test_thin_mixture_is_thin_unequal_and_seeded():
+    from dlib import analytic as A
+
+    m = A.thin_mixture(64, seed=3)
+    assert m.dim == 64 and m.n_components == 8
+    assert abs(float(m.weights[0] / m.weights[-1]) - 8.0) < 1e-12
+    assert float(m.variances.sqrt().max()) <= 0.075 + 1e-12
+    assert not torch.equal(m.means, A.thin_mixture(64, seed=4).means)
+    assert torch.equal(m.means, A.thin_mixture(64, seed=3).means)

@@ -1483,6 +1483,50 @@ def test_deis_bad_input_gives_a_value_error_naming_the_argument(index, data_):
     assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
 
 
+# === Part II, shared: the solvers' test problem and error (lead) =====================
+@covers("analytic.thin_mixture")
+@SETTINGS
+@given(dim=st.integers(1, 70), k=st.integers(1, 12), width=st.floats(1e-3, 1.0),
+       seed=seeds)
+def test_thin_mixture_is_a_valid_mixture(dim, k, width, seed):
+    m = analytic.thin_mixture(dim, k, width, seed)
+    assert m.means.shape == (k, dim) and all_finite(m.variances)
+    assert bool((m.variances > 0).all()) and abs(float(m.weights.sum()) - 1) < 1e-12
+
+
+@covers("metrics.rms_error")
+@SETTINGS
+@given(n=st.integers(2, 50), d=st.integers(1, 5), seed=seeds, scale=st.floats(0, 1e3))
+def test_rms_error_is_finite(n, d, seed, scale):
+    ref = randn(seed, n, d)
+    rms, se = metrics.rms_error(ref + scale * randn(seed + 1, n, d), ref)
+    assert math.isfinite(rms) and math.isfinite(se) and rms >= 0 and se >= 0
+
+
+def test_rms_error_and_thin_mixture_reject_bad_input():
+    for bad in (randn(0, 5), randn(0, 1, 2), "x"):
+        with pytest.raises(ValueError, match="x|reference"):
+            metrics.rms_error(bad, randn(0, 5, 2))
+    for kw in ({"dim": 0}, {"n_components": 0}, {"width": -1.0}, {"seed": -1}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            analytic.thin_mixture(**kw)
+
+
+# === chapter II.1: DDIM and PNDM (helper 1 owns this section) =========================
+
+
+# === chapter II.2: DEIS (helper 2 owns this section) ==================================
+
+
+# === chapter II.3: DPM-Solver and DPM-Solver++ (helper 3 owns this section) ===========
+
+
+# === chapter II.4: DPM-Solver-v3 (helper 4 owns this section) =========================
+
+
+# === chapter II.5: solver-schedule search (helper 5 owns this section) ================
+
+
 # === coverage of the public API =======================================================
 MODULES = {
     "schedules": S,

@@ -81,6 +81,18 @@ def test_first_order_solvers_are_ddim(final_zero, spacing):
         assert rel(out, ddim) < 1e-12
 
 
+def test_ddim_sampler_is_the_papers_ddim_formula():
+    # sample_ancestral(eta=0) now calls the shared step; check it against DDIM as
+    # written in the paper, x_s = alpha_s x0_hat + sigma_s eps_hat, step by step here
+    ts = sampling.time_grid(12, 1.0, T_MIN, spacing="log_snr", schedule=SCH)
+    x = X1.clone()
+    for t, s in zip(ts[:-1], ts[1:]):
+        x0, eps = DEN.x0_eps(x, t)
+        c = SCH.coefficients(s)
+        x = c.alpha * x0 + c.sigma * eps
+    assert rel(sampling.sample_ancestral(DEN, X1, ts, eta=0.0), x) < 1e-12
+
+
 def test_first_order_step_both_forms_are_the_ddim_step():
     x0, eps = X1, torch.randn(X1.shape, generator=torch.Generator().manual_seed(2),
                               dtype=F64)
