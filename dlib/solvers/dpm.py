@@ -1,18 +1,21 @@
 """DPM-Solver (noise prediction) and DPM-Solver++ (data prediction): singlestep and
-multistep exponential integrators in the log-SNR (Part II, DPM-Solver chapter)."""
+multistep exponential integrators in the log-SNR, and the adaptive DPM-Solver-12/-23
+(Part II, DPM-Solver chapter)."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import _checks as C
-from .._loop import _prepare, _report, _steps
+from .._loop import _prepare, _progress, _report, _steps
 from ..param import Denoiser
 from ._core import METHODS, _check_below, _coefs, _first_order, _orders, _threshold
 
-__all__ = ["sample_dpm_solver", "sample_dpm_solver_pp"]
+__all__ = ["sample_dpm_solver", "sample_dpm_solver_pp", "sample_dpm_solver_adaptive"]
 
 
 def _solve(den, x, ts, order, method, r1, lower_final, lower_below, data, thr,
@@ -210,3 +213,176 @@ def sample_dpm_solver_pp(
         thr = (clip, threshold_quantile)
     return _solve(denoiser, x, ts, order, method, r1, lower_order_final, below,
                   True, thr, callback, progress)
+
+
+_H_MIN = 1e-10  # smallest step in lambda before the adaptive solver gives up
+
+
+def _adaptive(den, x, t_start, t_end, order, rtol, atol, h, theta, lam_min, data,
+              callback, bar):
+    """The loop of :func:`sample_dpm_solver_adaptive` (inputs already checked); a
+    trial step goes from the current time t to s < t, h = lambda_s - lambda_t."""
+    sch = den.schedule
+    r1 = 0.5 if order == 2 else 1 / 3
+    rs = [r1] if order == 2 else [1 / 3, 2 / 3]
+
+    def lam_of(t):
+        return float(sch.log_snr(torch.tensor(t, dtype=torch.float64)))
+
+    def t_of(lam, lo, hi):
+        t = sch._t_from_log_snr(torch.tensor(lam, dtype=torch.float64))
+        return min(max(float(t), lo), hi)
+
+    t, lam_t, lam_end = t_start, lam_of(t_start), lam_of(t_end)
+    x_prev, nfe, grid, rejected, i = x, 0, [t_start], 0, 0
+    while t > t_end:
+        base = max(lam_t, lam_min)  # the clipped start (see the docstring)
+        s = t_end if h >= lam_end - base else t_of(base + h, t_end, t)
+        if not s < t or h < _H_MIN:
+            raise RuntimeError(
+                f"the adaptive step size fell to h={h:.3g} at t={t:.6g} without "
+                f"meeting the tolerance: the model is not smooth there, or (noise "
+                f"form) alpha is nearly 0 at t_start; loosen rtol/atol, start later "
+                f"or use prediction='x0'"
+            )
+        step = lam_of(s) - lam_t
+        ct, cs = sch._coefficients(t), sch._coefficients(s)
+        x0, eps = den._x0_eps(x, t)
+        m0 = x0 if data else eps
+        mids = []
+        for r in rs:
+            u = t_of(lam_t + r * step, s, t)
+            mids.append((r, u, sch._coefficients(u)))
+        calls = []
+
+        def model(y, u, calls=calls):  # record the intermediate evaluations
+            calls.append(den._x0_eps(y, u))
+            return calls[-1]
+
+        x_high = _singlestep(x, m0, model, ct, cs, step, mids, data)
+        if order == 2:  # DPM-Solver-1 (DDIM) shares the evaluation at t
+            x_low = _first_order(x, x0, eps, ct, cs, step, data)
+        else:  # DPM-Solver-2 with r1 = 1/3 shares the evaluation at its midpoint
+            x_low = _singlestep(x, m0, lambda y, u: calls[0], ct, cs, step,
+                                mids[:1], data)
+        nfe += order
+        delta = torch.maximum(x_low.abs(), x_prev.abs()).mul_(rtol).clamp_min_(atol)
+        ratio = ((x_high - x_low) / delta).reshape(x.shape[0], -1).to(torch.float64)
+        err = float(ratio.square().mean(1).sqrt().max())
+        if not math.isfinite(err):
+            raise RuntimeError(
+                f"the model returned non-finite values at t={t:.6g}; the adaptive "
+                f"solver cannot estimate its error"
+            )
+        if err <= 1.0:
+            x, x_prev = x_high, x_low
+            _report(callback, i, t, s, x, x0)
+            if bar is not None:
+                bar.update(float(lam_of(s) - lam_t))
+            t, lam_t, i = s, lam_of(s), i + 1
+            grid.append(s)
+        else:
+            rejected += 1
+        grow = math.inf if err == 0 else err ** (-1.0 / order)
+        h = min(theta * h * grow, lam_end - max(lam_t, lam_min))
+    return x, {"ts": grid, "nfe": nfe, "accepted": i, "rejected": rejected}
+
+
+@torch.no_grad()
+def sample_dpm_solver_adaptive(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    t_start: float = 1.0,
+    t_end: float = 1e-3,
+    *,
+    order: int = 2,
+    rtol: float = 0.05,
+    atol: float = 0.0078,
+    h_init: float = 0.05,
+    theta: float = 0.9,
+    lambda_min: float = -5.1,
+    prediction: str = "eps",
+    final_zero: bool = False,
+    return_info: bool = False,
+    callback: Callable | None = None,
+    progress: bool | None = None,
+):
+    r"""Adaptive DPM-Solver-12 (``order=2``) or -23 (``order=3``): the step in
+    $\lambda$ is chosen on the way, so there is no grid ``ts``; the solver goes from
+    ``t_start`` to ``t_end`` (both with a finite log-SNR).
+
+    A trial step from the time reached, $t$, with size $h$ (first $h$ = ``h_init``)
+    to $s=t_\lambda(\lambda_t+h)<t$ computes a lower-order and a higher-order
+    solution from shared model evaluations: DPM-Solver-1 (DDIM) and singlestep
+    DPM-Solver-2 ($r_1=\tfrac12$), 2 NFE; or singlestep DPM-Solver-2 with
+    $r_1=\tfrac13$ and DPM-Solver-3 ($r_1=\tfrac13$, $r_2=\tfrac23$), 3 NFE. With the
+    elementwise tolerance $\delta=\max(\mathrm{atol},\,\mathrm{rtol}\cdot
+    \max(|x_{\rm low}|,|x_{\rm prev}|))$ ($x_{\rm prev}$ the lower-order solution of
+    the last accepted step, first $x$ itself) the error estimate is the largest
+    per-sample RMS $E=\max_b\sqrt{\mathrm{mean}((x_{\rm high}-x_{\rm low})^2/
+    \delta^2)}$; the step is accepted if $E\le1$ (then $x\leftarrow x_{\rm high}$),
+    and in every case $h\leftarrow\min(\theta hE^{-1/k},\lambda_{t_{\rm end}}-
+    \lambda_t)$ with $k$ = ``order`` (the book's step direction: from $t$ to $s<t$,
+    $h=\lambda_s-\lambda_t$; the paper writes the step from $s$ to $t$). Where
+    $\lambda_{t_{\rm start}}$ is below ``lambda_min`` (the cosine schedule's -37 at
+    t=1, where $\lambda$ moves by more than ``h_init`` within one float64 time step),
+    steps are proposed from $\lambda$ = ``lambda_min`` as
+    :func:`dlib.sampling.time_grid` clips its grids, so the first step covers the
+    clipped part too (in the noise form that first step is ill-conditioned where
+    $\alpha_{t_{\rm start}}\approx0$; a step size that falls below 1e-10 raises a
+    RuntimeError instead of looping). As in the official code a rejected trial is
+    paid in full (it evaluates the model at $t$ again); the last step lands exactly
+    on ``t_end``.
+    ``prediction="x0"`` runs the same scheme in the data form (DPM-Solver++).
+    The defaults are the paper's (``atol`` = 0.0078 is meant for data in [-1, 1]).
+
+    ``final_zero=True`` ends with the jump to $t=0$ (one more NFE; returns
+    $\hat x_0$). With ``return_info=True`` returns ``(x, info)``: ``info["ts"]`` the
+    accepted times (a grid from ``t_start`` to ``t_end``, plus 0), ``info["nfe"]`` the
+    network calls spent (every trial counts), ``info["accepted"]``,
+    ``info["rejected"]``. ``callback`` gets each accepted step; ``progress`` shows
+    the progress in $\lambda$. Introduced in Part II, DPM-Solver chapter."""
+    t_start = C.scalar_time(t_start, "t_start")
+    t_end = C.scalar_time(t_end, "t_end")
+    if not t_end < t_start:
+        raise ValueError(f"need t_end < t_start; got t_start={t_start}, t_end={t_end}")
+    ts = _prepare(denoiser, x, [t_start, t_end])
+    lam = denoiser.schedule.log_snr(torch.tensor(ts, dtype=torch.float64))
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError(
+            f"t_start and t_end need a finite log-SNR (0 < alpha, sigma); got "
+            f"lambda={lam.tolist()} at t={ts}; end at t_end > 0 and use final_zero"
+        )
+    order = C.positive_int(order, "order", minimum=2, maximum=3)
+    rtol = C.positive(rtol, "rtol")
+    atol = C.positive(atol, "atol")
+    h_init = C.positive(h_init, "h_init")
+    theta = C.in_range(theta, "theta", 0.0, 1.0, lo_open=True)
+    lambda_min = C.number(lambda_min, "lambda_min")
+    if not lambda_min < float(lam[1]):
+        raise ValueError(
+            f"lambda_min={lambda_min} must be below the log-SNR at t_end "
+            f"({float(lam[1]):.4g})"
+        )
+    C.one_of(prediction, ("eps", "x0"), "prediction")
+    C.flag(final_zero, "final_zero")
+    C.flag(return_info, "return_info")
+    C.optional_function(callback, "callback", "callback(dict)")
+    show = _progress(progress, 0)
+    bar = None
+    if show:
+        bar = tqdm(total=float(lam[1] - lam[0]), desc="adaptive DPM-Solver",
+                   leave=False)
+    try:
+        x, info = _adaptive(denoiser, x, t_start, t_end, order, rtol, atol, h_init,
+                            theta, lambda_min, prediction == "x0", callback, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if final_zero:
+        x0 = denoiser._x0_eps(x, t_end)[0]
+        _report(callback, info["accepted"], t_end, 0.0, x0, x0)
+        x = x0
+        info["nfe"] += 1
+        info["ts"].append(0.0)
+    return (x, info) if return_info else x
