@@ -1456,7 +1456,8 @@ def _deis_bad_cases():
         ("ts", bad_grids(), lambda v: deis(den, x, v)),
         ("denoiser", bad_denoisers, lambda v: deis(v, x, ts)),
         ("order", bad_orders, lambda v: deis(den, x, ts, order=v)),
-        ("variant", bad_options("tab", "rhoab"), lambda v: deis(den, x, ts, variant=v)),
+        ("variant", bad_options(*solvers.deis.DEIS_VARIANTS),
+         lambda v: deis(den, x, ts, variant=v)),
         ("lower_order_final", bad_flags,
          lambda v: deis(den, x, ts, lower_order_final=v)),
         ("lower_order_below", st.one_of(bad_counts.filter(lambda v: v != 0),
@@ -1512,19 +1513,464 @@ def test_rms_error_and_thin_mixture_reject_bad_input():
             analytic.thin_mixture(**kw)
 
 
+@covers("solvers.benchmark_rows", "solvers.print_benchmark")
+@FEW
+@given(data=st.data())
+def test_benchmark_rows_match_their_filters(data):
+    rows = solvers.benchmark_rows()
+    m = data.draw(st.sampled_from(sorted({r["method"] for r in rows})))
+    p = data.draw(st.sampled_from(sorted({r["problem"] for r in rows})))
+    lib = data.draw(st.sampled_from([None, "dlib", "diffusers"]))
+    mode = data.draw(st.sampled_from(["zero", "own"]))
+    got = solvers.benchmark_rows(m, p, lib)
+    assert all(r["method"] == m and r["problem"] == p for r in got)
+    assert all(lib is None or r["library"] == lib for r in got)
+    assert all(math.isfinite(r["rms"]) and math.isfinite(r["se"]) for r in got)
+    import io
+
+    text = solvers.print_benchmark(m, p, lib, mode=mode, file=io.StringIO())
+    assert "nan" not in text.lower() and p in text
+
+
+@FEW
+@given(bad=st.one_of(st.integers(), st.floats(allow_nan=True), st.none().map(
+    lambda _: ["x"]), st.text(min_size=1).filter(lambda s: not s.startswith(
+        ("DDIM", "DPM", "DEIS", "PNDM", "Euler", "Heun", "UniPC", "USF", "2d", "64d",
+         "dlib", "diffusers")))))
+def test_benchmark_rejects_bad_filters(bad):
+    import io
+
+    for arg in ("method", "problem", "library"):
+        with pytest.raises(ValueError) as info:
+            solvers.benchmark_rows(**{arg: bad})
+        assert _names_argument(str(info.value), arg), (arg, bad, str(info.value))
+        with pytest.raises(ValueError) as info:
+            solvers.print_benchmark(**{arg: bad}, file=io.StringIO())
+        assert _names_argument(str(info.value), arg), (arg, bad, str(info.value))
+    if str(bad) not in ("zero", "own"):
+        with pytest.raises(ValueError, match="mode"):
+            solvers.print_benchmark(mode=str(bad), file=io.StringIO())
+
+
 # === chapter II.1: DDIM and PNDM (helper 1 owns this section) =========================
+@covers("solvers.sample_pndm")
+@SETTINGS
+@given(
+    sch=schedules,
+    variant=st.sampled_from(["f", "s"]),
+    dtype=dtypes,
+    seed=seeds,
+    n=st.integers(1, 7),
+    oracle=st.booleans(),
+    t_max=st.sampled_from([1.0, 0.8]),
+    final_zero=st.booleans(),
+)
+def test_pndm_is_finite_or_says_singular(
+    sch, variant, dtype, seed, n, oracle, t_max, final_zero
+):
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    x = randn(seed, 4, 2, dtype=dtype)
+    ts = sampling.time_grid(n, t_max, 0.05, final_zero=final_zero)
+    out = finite_or_singular(lambda: solvers.sample_pndm(den, x, ts, variant=variant))
+    assert out is None or (out.dtype == dtype and out.shape == x.shape)
+
+
+def _pndm_bad_cases():
+    """(argument, strategy of bad values, call) for solvers.sample_pndm."""
+    x, ts = randn(0, 4, 2), [1.0, 0.5, 0.0]
+    den = GM.denoiser(S.VPLinear())
+    pndm = solvers.sample_pndm
+    return [
+        ("x", bad_batches(x), lambda v: pndm(den, v, ts)),
+        ("ts", bad_grids(), lambda v: pndm(den, x, v)),
+        ("denoiser", bad_denoisers, lambda v: pndm(v, x, ts)),
+        ("variant", bad_options("f", "s"), lambda v: pndm(den, x, ts, variant=v)),
+        ("callback", not_callables.filter(lambda v: v is not None),
+         lambda v: pndm(den, x, ts, callback=v)),
+    ]
+
+
+PNDM_BAD_LABELS = ["x", "ts", "denoiser", "variant", "callback"]
+
+
+@pytest.mark.parametrize("index", range(len(PNDM_BAD_LABELS)), ids=PNDM_BAD_LABELS)
+@FEW
+@given(data_=st.data())
+def test_pndm_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    arg, values, call = _pndm_bad_cases()[index]
+    assert arg == PNDM_BAD_LABELS[index]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+
 
 
 # === chapter II.2: DEIS (helper 2 owns this section) ==================================
+@covers("solvers.sample_deis_rk")
+@SETTINGS
+@given(
+    sch=schedules,
+    tableau=st.sampled_from(["euler", "heun", "kutta", "ralston", "rk4"]),
+    dtype=dtypes,
+    seed=seeds,
+    n=st.integers(1, 6),
+    oracle=st.booleans(),
+    t_max=st.sampled_from([1.0, 0.8]),
+    final_zero=st.booleans(),
+)
+def test_deis_rk_is_finite_or_says_singular(
+    sch, tableau, dtype, seed, n, oracle, t_max, final_zero
+):
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    x = randn(seed, 4, 2, dtype=dtype)
+    ts = sampling.time_grid(n, t_max, 0.05, final_zero=final_zero)
+    out = finite_or_singular(
+        lambda: solvers.sample_deis_rk(den, x, ts, tableau=tableau)
+    )
+    assert out is None or (out.dtype == dtype and out.shape == x.shape)
+
+
+@SETTINGS
+@given(sch=schedules, order=st.integers(1, 4), dtype=dtypes, seed=seeds,
+       n=st.integers(1, 6), final_zero=st.booleans())
+def test_ipndm_is_finite_or_says_singular(sch, order, dtype, seed, n, final_zero):
+    x = randn(seed, 4, 2, dtype=dtype)
+    ts = sampling.time_grid(n, 1.0, 0.05, final_zero=final_zero)
+    out = finite_or_singular(
+        lambda: solvers.sample_deis(GM.denoiser(sch), x, ts, order=order,
+                                    variant="ipndm")
+    )
+    assert out is None or (out.dtype == dtype and out.shape == x.shape)
+
+
+def _deis_rk_bad_cases():
+    """(argument, strategy of bad values, call) for solvers.sample_deis_rk."""
+    x, ts = randn(0, 4, 2), [1.0, 0.5, 0.0]
+    den = GM.denoiser(S.VPLinear())
+    rk = solvers.sample_deis_rk
+    return [
+        ("x", bad_batches(x), lambda v: rk(den, v, ts)),
+        ("ts", bad_grids(), lambda v: rk(den, x, v)),
+        ("denoiser", bad_denoisers, lambda v: rk(v, x, ts)),
+        ("tableau", bad_options("euler", "heun", "kutta", "ralston", "rk4"),
+         lambda v: rk(den, x, ts, tableau=v)),
+        ("callback", not_callables.filter(lambda v: v is not None),
+         lambda v: rk(den, x, ts, callback=v)),
+    ]
+
+
+DEIS_RK_BAD_LABELS = ["x", "ts", "denoiser", "tableau", "callback"]
+
+
+@pytest.mark.parametrize("index", range(len(DEIS_RK_BAD_LABELS)),
+                         ids=DEIS_RK_BAD_LABELS)
+@FEW
+@given(data_=st.data())
+def test_deis_rk_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    arg, values, call = _deis_rk_bad_cases()[index]
+    assert arg == DEIS_RK_BAD_LABELS[index]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+
 
 
 # === chapter II.3: DPM-Solver and DPM-Solver++ (helper 3 owns this section) ===========
+@covers("solvers.sample_dpm_solver_adaptive")
+@FEW
+@given(
+    sch=st.sampled_from(SCHEDULES[:2] + SCHEDULES[4:]),  # finite log-SNR at t = 1
+    t_end=st.sampled_from([0.05, 0.1, 0.5]),
+    order=st.integers(2, 3),
+    prediction=st.sampled_from(["eps", "x0"]),
+    final_zero=st.booleans(),
+    seed=seeds,
+    dtype=dtypes,
+)
+def test_dpm_solver_adaptive_is_finite(sch, t_end, order, prediction, final_zero,
+                                       seed, dtype):
+    den = GM.denoiser(sch)
+    den.nfe = 0
+    x = randn(seed, 4, 2, dtype=dtype)
+    kw = dict(order=order, prediction=prediction, rtol=0.05, atol=0.01,
+              final_zero=final_zero, return_info=True)
+    if isinstance(sch, S.VPCosine) and prediction == "eps":  # alpha_1 ~ 1e-16
+        with pytest.raises(RuntimeError, match="alpha is nearly 0"):
+            solvers.sample_dpm_solver_adaptive(den, x, 1.0, t_end, **kw)
+        return
+    out, info = solvers.sample_dpm_solver_adaptive(den, x, 1.0, t_end, **kw)
+    assert out.shape == x.shape and out.dtype == dtype and all_finite(out)
+    assert den.nfe == info["nfe"] > 0 and info["ts"][0] == 1.0
+    assert info["ts"][-1] == (0.0 if final_zero else t_end)
+
+
+def test_dpm_solver_adaptive_rejects_bad_input():
+    den = GM.denoiser(S.VPLinear())
+    x = randn(0, 4, 2)
+    for kw in ({"order": 1}, {"rtol": -1.0}, {"atol": 0.0}, {"theta": 2.0},
+               {"h_init": -0.1}, {"prediction": "score"}, {"t_end": 1.5},
+               {"lambda_min": 20.0}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            solvers.sample_dpm_solver_adaptive(den, x, **kw)
+    with pytest.raises(ValueError, match="log-SNR"):
+        solvers.sample_dpm_solver_adaptive(den, x, 1.0, 0.0)
+
 
 
 # === chapter II.4: DPM-Solver-v3 (helper 4 owns this section) =========================
+@lru_cache(maxsize=None)
+def _v3_stats():
+    """Smooth, non-trivial statistics for VPLinear on [0.01, 1], 120 cells."""
+    ends = S.VPLinear().log_snr(torch.tensor([1.0, 0.01], dtype=F64)).tolist()
+    lam = torch.linspace(*ends, 121, dtype=F64)
+    L = lam[:, None].expand(-1, 2)
+    return solvers.EMS(lam, 1 / (1 + 0.4 * torch.exp(2 * L)), 0.3 * torch.tanh(L),
+                       0.1 * torch.cos(L))
+
+
+@covers("solvers.sample_dpm_solver_v3", "solvers.EMS", "v3.EMS.snap",
+        "v3.EMS.baseline")
+@SETTINGS
+@given(order=st.integers(1, 3), pseudo=st.booleans(), corrector=st.booleans(),
+       c_pseudo=st.booleans(), half=st.sampled_from([False, True, "noisy", "clean"]),
+       lof=st.booleans(), n=st.integers(1, 12), dtype=dtypes, seed=seeds,
+       final_zero=st.booleans(), oracle=st.booleans(),
+       base=st.sampled_from([None, "x0", "eps", "zero"]))
+def test_v3_is_finite_and_spends_one_call_per_step(
+    order, pseudo, corrector, c_pseudo, half, lof, n, dtype, seed, final_zero, oracle,
+    base
+):
+    sch = S.VPLinear()
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    stats = _v3_stats()
+    if base is not None:
+        stats = solvers.EMS.baseline(stats.lambdas, (2,), base)
+    ts = sampling.time_grid(n, 1.0, 0.01, spacing="log_snr", schedule=sch,
+                            final_zero=final_zero)
+    idx, snapped = stats.snap(ts, sch)
+    assert len(idx) == len(ts) and bool((snapped[1:] < snapped[:-1]).all())
+    x = randn(seed, 4, 2, dtype=dtype)
+    den.nfe = 0
+    out = solvers.sample_dpm_solver_v3(
+        den, x, ts, stats, order=order, pseudo=pseudo, corrector=corrector,
+        corrector_pseudo=c_pseudo, half_corrector=half, lower_order_final=lof)
+    assert all_finite(out) and out.dtype == dtype and out.shape == x.shape
+    assert den.nfe == n + int(final_zero)
+
+
+@covers("solvers.estimate_statistics", "v3.EMS.save", "v3.EMS.load")
+@FEW
+@given(jacobian=st.sampled_from(["auto", "exact", "hutchinson"]), n=st.integers(2, 5),
+       k=st.integers(2, 12), smooth=st.integers(0, 3), seed=seeds,
+       oracle=st.booleans(), dtype=dtypes)
+def test_estimate_statistics_is_finite_and_round_trips(
+    tmp_path, jacobian, n, k, smooth, seed, oracle, dtype
+):
+    sch = S.VPLinear()
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    ems = solvers.estimate_statistics(
+        den, randn(seed, 50, 2, dtype=dtype), n_lambda=n, n_samples=k, t_min=0.01,
+        jacobian=jacobian, smooth=smooth, generator=torch.Generator().manual_seed(seed),
+        progress=False)
+    assert all_finite([ems.lambdas, ems.l, ems.s, ems.b, ems.r2])
+    assert ems.l.shape == (n + 1, 2) and ems.n_samples == k
+    ems.save(tmp_path / "e.npz")
+    back = solvers.EMS.load(tmp_path / "e.npz")
+    assert torch.equal(back.s, ems.s) and back.schedule == ems.schedule
+
+
+def _v3_bad_cases():
+    """(argument, strategy of bad values, call) for the v3 functions."""
+    x, sch = randn(0, 4, 2), S.VPLinear()
+    den, stats = GM.denoiser(sch), _v3_stats()
+    ts = sampling.time_grid(4, 1.0, 0.01, spacing="log_snr", schedule=sch)
+    v3 = solvers.sample_dpm_solver_v3
+    est = solvers.estimate_statistics
+    flags = ("pseudo", "corrector", "corrector_pseudo", "lower_order_final")
+    cases = [
+        ("x", bad_batches(x), lambda v: v3(den, v, ts, stats)),
+        ("ts", bad_grids(), lambda v: v3(den, x, v, stats)),
+        ("denoiser", bad_denoisers, lambda v: v3(v, x, ts, stats)),
+        ("stats", st.one_of(st.none(), st.text(max_size=3), st.integers(), st.just(GM)),
+         lambda v: v3(den, x, ts, v)),
+        ("order", st.one_of(st.integers(min_value=4), st.integers(max_value=0),
+                            st.booleans(), st.none()),
+         lambda v: v3(den, x, ts, stats, order=v)),
+        ("half_corrector", bad_options("noisy", "clean"),
+         lambda v: v3(den, x, ts, stats, half_corrector=v)),
+        ("callback", not_callables.filter(lambda v: v is not None),
+         lambda v: v3(den, x, ts, stats, callback=v)),
+        ("data", bad_batches(x), lambda v: est(den, v, n_lambda=2, n_samples=2)),
+        ("n_lambda", bad_counts, lambda v: est(den, x, n_lambda=v)),
+        ("n_samples", bad_counts, lambda v: est(den, x, n_lambda=2, n_samples=v)),
+        ("jacobian", bad_options("auto", "exact", "hutchinson"),
+         lambda v: est(den, x, n_lambda=2, n_samples=2, jacobian=v)),
+        ("ridge", st.one_of(st.floats().filter(lambda v: not 0 <= v <= 1),
+                            st.sampled_from([nan, None, "0"])),
+         lambda v: est(den, x, n_lambda=2, n_samples=2, ridge=v)),
+    ]
+    for name in flags:
+        cases.append((name, bad_flags,
+                      lambda v, name=name: v3(den, x, ts, stats, **{name: v})))
+    return cases
+
+
+V3_BAD_LABELS = ["x", "ts", "denoiser", "stats", "order", "half_corrector", "callback",
+                 "data", "n_lambda", "n_samples", "jacobian", "ridge", "pseudo",
+                 "corrector", "corrector_pseudo", "lower_order_final"]
+
+
+@pytest.mark.parametrize("index", range(len(V3_BAD_LABELS)), ids=V3_BAD_LABELS)
+@FEW
+@given(data_=st.data())
+def test_v3_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    arg, values, call = _v3_bad_cases()[index]
+    assert arg == V3_BAD_LABELS[index]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+
 
 
 # === chapter II.5: solver-schedule search (helper 5 owns this section) ================
+USF_SCHEDULES = ("ddim", "dpm_multi", "dpm_single", "unipc")
+
+
+def _usf_schedule(kind, ts, sch, order, prediction):
+    if kind == "ddim":
+        return solvers.SolverSchedule.ddim(ts)
+    if kind == "unipc":
+        return solvers.SolverSchedule.unipc(ts, sch, order=order, prediction=prediction)
+    method = "multistep" if kind == "dpm_multi" else "singlestep"
+    return solvers.SolverSchedule.dpm_solver(ts, sch, order=order, method=method,
+                                             prediction=prediction)
+
+
+@covers("solvers.sample_usf", "solvers.SolverSchedule", "solvers.Update",
+        "search.SolverSchedule.ddim", "search.SolverSchedule.dpm_solver",
+        "search.SolverSchedule.unipc")
+@SETTINGS
+@given(
+    sch=schedules,
+    kind=st.sampled_from(USF_SCHEDULES),
+    order=st.integers(1, 3),
+    prediction=st.sampled_from(["eps", "x0"]),
+    dtype=dtypes,
+    seed=seeds,
+    n=st.integers(1, 5),
+    oracle=st.booleans(),
+    t_max=st.sampled_from([1.0, 0.8]),
+    afs=st.booleans(),
+)
+def test_usf_schedules_are_finite_or_say_singular(sch, kind, order, prediction, dtype,
+                                                  seed, n, oracle, t_max, afs):
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    x = randn(seed, 4, 2, dtype=dtype)
+    ts = sampling.time_grid(n, t_max, 0.05, final_zero=True)
+    sched = _usf_schedule(kind, ts, sch, order, prediction)
+    sched = solvers.SolverSchedule(sched.timesteps, sched.steps, sched.correctors, afs)
+    den.nfe = 0
+    out = finite_or_singular(lambda: solvers.sample_usf(den, x, sched))
+    if out is not None:
+        assert out.dtype == dtype and out.shape == x.shape
+        assert den.nfe == sched.nfe
+
+
+@covers("solvers.difference_weights")
+@SETTINGS
+@given(
+    d=st.lists(st.floats(-5.0, 5.0).filter(lambda v: abs(v) > 1e-2), min_size=1,
+               max_size=4, unique=True),
+    m=st.integers(1, 4),
+)
+def test_difference_weights_are_finite_and_exact_on_lines(d, m):
+    d = sorted(d)
+    if min(abs(a - b) for a, b in zip(d, d[1:] + [math.inf])) < 1e-2:
+        return  # nearly equal points: the system is ill-conditioned (not a bug)
+    m = min(m, len(d))
+    a = solvers.difference_weights(d, m)
+    assert len(a) == len(d) and all(math.isfinite(v) for v in a)
+    # F = delta^m / m! has m-th derivative 1 and every other one 0
+    est = sum(aj * dj**m / math.factorial(m) for aj, dj in zip(a, d))
+    assert abs(est - 1) < 1e-6 * max(1.0, max(abs(v) for v in a))
+
+
+@covers("solvers.search_solver_schedule", "solvers.SearchResult",
+        "search.SolverSchedule.to_dict", "search.SolverSchedule.from_dict",
+        "search.SolverSchedule.describe")
+@FEW
+@given(seed=seeds, nfe=st.integers(2, 6), budget=st.integers(1, 6))
+def test_search_never_returns_worse_than_its_start(seed, nfe, budget):
+    den = GM.denoiser(S.VPLinear())
+    x = randn(seed, 6, 2, dtype=F64)
+    ref = randn(seed + 1, 6, 2, dtype=F64)
+    res = solvers.search_solver_schedule(den, x, ref, nfe, budget=budget, seed=seed,
+                                         progress=False)
+    assert math.isfinite(res.error) and res.error <= res.start_error
+    assert res.schedule.nfe == nfe and 1 <= res.n_evaluated <= budget
+    again = solvers.SolverSchedule.from_dict(res.schedule.to_dict())
+    assert again == res.schedule and f"NFE = {nfe}" in again.describe()
+
+
+def _usf_bad_cases():
+    x, ts = randn(0, 4, 2), [1.0, 0.5, 0.0]
+    den = GM.denoiser(S.VPLinear())
+    ok = solvers.SolverSchedule.ddim(ts)
+    U = solvers.Update
+    usf, search = solvers.sample_usf, solvers.search_solver_schedule
+    ints = st.one_of(st.integers(max_value=0), st.booleans(), st.floats(),
+                     st.text(max_size=3), st.none())
+    return [
+        ("sample_usf", "x", bad_batches(x), lambda v: usf(den, v, ok)),
+        ("sample_usf", "denoiser", bad_denoisers, lambda v: usf(v, x, ok)),
+        ("sample_usf", "schedule", st.one_of(bad_grids(), st.none()),
+         lambda v: usf(den, x, v)),
+        ("Update", "order", st.one_of(ints, st.integers(min_value=5)),
+         lambda v: U(order=v)),
+        ("Update", "prediction", bad_options("eps", "x0"), lambda v: U(prediction=v)),
+        ("Update", "start", ints, lambda v: U(start=v)),
+        ("Update", "points", st.one_of(st.text(min_size=1, max_size=3), st.none(),
+                                       st.just((-1,)), st.just((1.5,))),
+         lambda v: U(order=2, start=3, points=v)),
+        ("Update", "relaxation", bad_options(*solvers.search.RELAXATIONS),
+         lambda v: U(order=2, start=2, points=(1,), relaxation=v)),
+        ("SolverSchedule", "timesteps", bad_grids(),
+         lambda v: solvers.SolverSchedule(v, (U(),))),
+        ("SolverSchedule", "afs", bad_flags,
+         lambda v: solvers.SolverSchedule(ts, (U(),) * 2, afs=v)),
+        ("search_solver_schedule", "nfe", st.one_of(ints, st.integers(101, 10**4)),
+         lambda v: search(den, x, x, v, budget=1)),
+        ("search_solver_schedule", "budget", ints,
+         lambda v: search(den, x, x, 3, budget=v)),
+        ("search_solver_schedule", "seed", bad_seeds,
+         lambda v: search(den, x, x, 3, budget=1, seed=v)),
+        ("search_solver_schedule", "reference", bad_batches(x),
+         lambda v: search(den, x, v, 3, budget=1)),
+    ]
+
+
+USF_BAD_LABELS = [
+    "sample_usf-x", "sample_usf-denoiser", "sample_usf-schedule", "Update-order",
+    "Update-prediction", "Update-start", "Update-points", "Update-relaxation",
+    "SolverSchedule-timesteps", "SolverSchedule-afs", "search_solver_schedule-nfe",
+    "search_solver_schedule-budget", "search_solver_schedule-seed",
+    "search_solver_schedule-reference",
+]
+
+
+@pytest.mark.parametrize("index", range(len(USF_BAD_LABELS)), ids=USF_BAD_LABELS)
+@FEW
+@given(data_=st.data())
+def test_usf_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    label, arg, values, call = _usf_bad_cases()[index]
+    assert f"{label}-{arg}" == USF_BAD_LABELS[index]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
 
 
 # === coverage of the public API =======================================================

@@ -21,8 +21,9 @@ each step. The samplers have the signature shape of :mod:`dlib.sampling` and cal
 denoiser's unchecked fast path; ``Denoiser.nfe`` counts their network calls.
 """
 
-from . import _core, deis, dpm, pndm, search, v3
+from . import _core, benchmark, deis, dpm, pndm, search, v3
 from ._core import *  # noqa: F401,F403
+from .benchmark import *  # noqa: F401,F403
 from .deis import *  # noqa: F401,F403
 from .dpm import *  # noqa: F401,F403
 from .pndm import *  # noqa: F401,F403
@@ -35,5 +36,5 @@ from .deis import _rho_weights, _tab_weights  # noqa: F401,E402
 
 __all__ = (
     _core.__all__ + dpm.__all__ + deis.__all__ + pndm.__all__ + v3.__all__
-    + search.__all__
+    + search.__all__ + benchmark.__all__
 )
