@@ -625,3 +625,18 @@ def test_deis_bad_input_is_a_value_error_naming_the_argument(kw, name):
         solvers.sample_deis(DEN, X1, [1.0, 0.5], **kw)
     with pytest.raises(ValueError, match="ts"):
         solvers.sample_deis(DEN, X1, [0.5, 1.0])
+
+
+def test_noise_form_from_alpha_near_zero_takes_the_pair_form():
+    # cosine schedule at t = 1: alpha ~ 6e-17; the exponential (noise) form of the DDIM
+    # step would multiply x by alpha_s / alpha_t ~ 1e15 and cancel it against the eps
+    # term, leaving no correct digit even in float64; the pair form is exact
+    sch = S.VPCosine()
+    den = analytic.GaussianMixture([[0.5, -0.5], [-0.5, 0.5]], 0.01).denoiser(sch)
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))  # float32
+    ts = sampling.time_grid(10, 1.0, 1e-3, final_zero=True)
+    ddim = sampling.sample_ancestral(den, x, ts, eta=0.0)
+    for fn in (solvers.sample_dpm_solver, solvers.sample_deis):
+        out = fn(den, x, ts, order=1)
+        assert torch.isfinite(out).all() and rel(out, ddim) < 1e-5
+    assert float(sch.alpha(torch.tensor(1.0, dtype=F64))) < solvers._core.ALPHA_PAIR

@@ -51,11 +51,17 @@ def phi(k: int, h):
     return _phi(k, C.number(h, "h"))
 
 
+ALPHA_PAIR = 1e-3  # below it the noise-form DDIM step cancels catastrophically
+
+
 def _first_order(x, x0, eps, ct, cs, h: float, data: bool):
     """The DDIM step from (x, t) to s given the model's pair at t; ``ct``, ``cs`` the
     schedule's coefficients, ``h`` = lambda_s - lambda_t. An infinite h (an end where
-    alpha or sigma is 0) takes the pair form alpha_s x0 + sigma_s eps."""
-    if not math.isfinite(h):
+    alpha or sigma is 0) takes the pair form alpha_s x0 + sigma_s eps; so does the
+    noise form from alpha_t < ALPHA_PAIR when x0 is given (there x alpha_s/alpha_t and
+    the eps term are huge and cancel: at t = 1 of the cosine schedule alpha_t ~ 1e-16
+    leaves no correct digit, in float32 or float64)."""
+    if not math.isfinite(h) or (not data and x0 is not None and ct.alpha < ALPHA_PAIR):
         return torch.add(x0 * cs.alpha, eps, alpha=cs.sigma)
     if data:
         b = -cs.alpha * math.expm1(-h)
@@ -84,8 +90,9 @@ def first_order_step(
 
     Both equal $\alpha_s\hat x_0+\sigma_s\hat\epsilon$ (DDIM with $\eta=0$) when
     $x_t=\alpha_t\hat x_0+\sigma_t\hat\epsilon$; that form is used where $h$ is
-    infinite (a step to $\sigma_s=0$, or from $\alpha_t=0$). Introduced in Part II,
-    DPM-Solver chapter."""
+    infinite (a step to $\sigma_s=0$, or from $\alpha_t=0$) and, for the noise form,
+    from $\alpha_t<10^{-3}$, where the two terms above cancel catastrophically.
+    Introduced in Part II, DPM-Solver chapter."""
     C.schedule(schedule)
     x = C.batch(x, "x")
     x0 = C.output(C.batch(x0, "x0"), x, "x0")

@@ -14,7 +14,7 @@ import torch
 from .. import _checks as C
 from .._loop import _prepare, _report, _steps
 from ..param import Denoiser
-from ._core import _check_below, _first_order, _orders
+from ._core import ALPHA_PAIR, _check_below, _first_order, _orders
 
 __all__ = ["sample_deis", "sample_deis_rk"]
 
@@ -106,7 +106,8 @@ def _lagrange_integrals(tau, wts, nodes_t):
 
 def _deis_plan(sch, ts, lam, orders, variant):
     """Per step: (a, [c_0, c_1, ...]) with x_s = a x_t + sum_j c_j eps_{i-j}, or None
-    for a DDIM step (order 1 with an infinite h, or the jump to t=0)."""
+    for a DDIM step (order 1 with an infinite h, from alpha_t < ALPHA_PAIR where the
+    exponential weights cancel catastrophically, or the jump to t=0)."""
     rules = {}  # tab: the quadrature nodes of every step, mapped to t in one call
     if variant == "tab":
         for i, k in enumerate(orders):
@@ -120,7 +121,8 @@ def _deis_plan(sch, ts, lam, orders, variant):
                 rules[i] = (part, rules[i][1])
     plan = []
     for i, k in enumerate(orders):
-        if ts[i + 1] == 0 or not math.isfinite(lam[i + 1] - lam[i]):
+        if (ts[i + 1] == 0 or not math.isfinite(lam[i + 1] - lam[i])
+                or sch._coefficients(ts[i]).alpha < ALPHA_PAIR):
             plan.append(None)
             continue
         ct, cs = sch._coefficients(ts[i]), sch._coefficients(ts[i + 1])
@@ -224,12 +226,14 @@ def sample_deis(
 
 
 def _rk_plan(sch, ts, lam, c_nodes):
-    """Per step: None for a DDIM step (to t=0, or an infinite h), else (rho_t, H,
+    """Per step: None for a DDIM step (to t=0, an infinite h, or from alpha_t <
+    ALPHA_PAIR), else (rho_t, H,
     stages) with stages = [(t_m, alpha_m)] at rho_t + c_m H, the stage times mapped
     back to t in one call (c = 0 and c = 1 are the grid times themselves)."""
     inner, plan = [], []
     for i in range(len(ts) - 1):
-        if ts[i + 1] == 0 or not math.isfinite(lam[i + 1] - lam[i]):
+        if (ts[i + 1] == 0 or not math.isfinite(lam[i + 1] - lam[i])
+                or sch._coefficients(ts[i]).alpha < ALPHA_PAIR):
             plan.append(None)
             continue
         ct, cs = sch._coefficients(ts[i]), sch._coefficients(ts[i + 1])
