@@ -50,6 +50,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from dlib import analytic, metrics, nets, param, sampling, schedules, solvers  # noqa: E402
+from overhead import Recorder  # noqa: E402 (benchmarks/ is on sys.path)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 T = 1000
@@ -449,20 +450,6 @@ def run_usf(tuned, checks, nfes, rows, budget):
 
 
 # --- per-step overhead ----------------------------------------------------------------
-class Recorder(torch.nn.Module):
-    """The network, recording its inputs when asked: a sampler's bare baseline is the
-    same network called on exactly the inputs the sampler gave it."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.calls = net, None
-
-    def forward(self, x, t):
-        if self.calls is not None:
-            self.calls.append((x.clone(), t.clone()))
-        return self.net(x, t)
-
-
 class Constant(torch.nn.Module):
     """A stand-in for the network that returns a fixed output of the right shape:
     the sampler's time with it is its own work per step, with no network noise to

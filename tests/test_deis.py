@@ -10,24 +10,11 @@ from fractions import Fraction
 import pytest
 import torch
 
-from dlib import analytic, param, sampling, solvers
+from dlib import param, sampling, solvers
 from dlib import schedules as S
 
-F64 = torch.float64
-SCH = S.VPLinear()
-# the smooth problem of tests/test_solvers.py: broad components, so the errors are in
-# their asymptotic regime at a few tens of steps
-GM = analytic.GaussianMixture(
-    [[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0]], [0.3, 0.5, 0.4], [0.2, 0.5, 0.3]
-)
-DEN = GM.denoiser(SCH)
-X1 = torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-T_MIN = 1e-2
+from solver_problem import DEN, F64, GM, SCH, T_MIN, X1, rel  # noqa: F401 (shared)
 TABLEAU_ORDER = {"euler": 1, "heun": 2, "kutta": 3, "ralston": 3, "rk4": 4}
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def rho_of(t, sch=SCH):
@@ -59,7 +46,7 @@ def test_ipndm_weights_are_pndms_adams_bashforth_coefficients():
         4: [Fraction(55, 24), Fraction(-59, 24), Fraction(37, 24), Fraction(-9, 24)],
     }
     for k, want in expected.items():
-        got = solvers._rho_weights([-float(j) for j in range(1, k)], 1.0)
+        got = solvers.deis._rho_weights([-float(j) for j in range(1, k)], 1.0)
         assert max(abs(g - float(w)) for g, w in zip(got, want)) < 1e-15, (k, got)
 
 

@@ -8,14 +8,12 @@ import math
 import pytest
 import torch
 
-from dlib import analytic, metrics, param, sampling, solvers
+from dlib import metrics, param, sampling, solvers
 from dlib import schedules as S
+from solver_problem import GM, rel
 
 F64 = torch.float64
 VP = S.VPLinear()
-GM = analytic.GaussianMixture(
-    [[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0]], [0.3, 0.5, 0.4], [0.2, 0.5, 0.3]
-)
 X1 = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
 
 
@@ -42,10 +40,6 @@ class SigmaIsT(S.Schedule):
 
     def _t_from_log_snr(self, lam):
         return torch.exp(-lam) / self.c
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def slope(ns, errs):

@@ -12,15 +12,12 @@ import torch
 from dlib import analytic, param, sampling, solvers
 from dlib import schedules as S
 from dlib.solvers import SolverSchedule, Update
+from solver_problem import rel
 
 F64 = torch.float64
 SCH = S.DiscreteVP(S.ddpm_betas())
 DEN = analytic.thin_mixture(2, seed=0).denoiser(SCH)
 X = torch.randn(40, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def grid(n=7, final_zero=True, spacing="log_snr"):

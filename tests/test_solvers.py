@@ -11,20 +11,7 @@ import torch
 from dlib import analytic, param, sampling, solvers
 from dlib import schedules as S
 
-F64 = torch.float64
-SCH = S.VPLinear()
-# a smooth problem: broad components, so the error is in its asymptotic regime already
-# at a few tens of steps
-GM = analytic.GaussianMixture(
-    [[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0]], [0.3, 0.5, 0.4], [0.2, 0.5, 0.3]
-)
-DEN = GM.denoiser(SCH)
-X1 = torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-T_MIN = 1e-2
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
+from solver_problem import DEN, F64, GM, SCH, T_MIN, X1, rel  # noqa: F401 (shared)
 
 
 # --- phi-functions -------------------------------------------------------------------
@@ -572,8 +559,8 @@ def test_deis_tab_quadrature_is_converged():
     worst = 0.0
     for i in range(2, len(ts) - 1):
         nodes = [ts[i], ts[i - 1], ts[i - 2]]
-        a = solvers._tab_weights(SCH, lam[i], lam[i + 1], nodes)
-        b = solvers._tab_weights(SCH, lam[i], lam[i + 1], nodes, n_nodes=64,
+        a = solvers.deis._tab_weights(SCH, lam[i], lam[i + 1], nodes)
+        b = solvers.deis._tab_weights(SCH, lam[i], lam[i + 1], nodes, n_nodes=64,
                                  panel=0.1)
         scale = max(abs(v) for v in b)
         worst = max(worst, max(abs(u - v) for u, v in zip(a, b)) / scale)
@@ -586,7 +573,7 @@ def test_deis_rho_weights_written_out():
     H, dr = -0.3, [0.5, 1.2, 0.8]
     for k in range(1, 5):
         nodes = [0.0] + dr[: k - 1]
-        w = solvers._rho_weights(dr[: k - 1], H)
+        w = solvers.deis._rho_weights(dr[: k - 1], H)
         for p in range(k):
             moment = sum(wj * u**p for wj, u in zip(w, nodes))
             assert abs(moment - H ** (p + 1) / (p + 1)) < 1e-15, (k, p)

@@ -10,27 +10,15 @@ import pytest
 import torch
 
 from dlib import analytic, sampling, solvers
-from dlib import schedules as S
 from dlib.solvers import EMS, estimate_statistics, sample_dpm_solver_v3
 from dlib.solvers._core import _coefs
 
-F64 = torch.float64
-SCH = S.VPLinear()
-GM = analytic.GaussianMixture(
-    [[1.0, 0.0], [-1.0, 0.5], [0.0, -1.0]], [0.3, 0.5, 0.4], [0.2, 0.5, 0.3]
-)
-DEN = GM.denoiser(SCH)
-X1 = torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-T_MIN = 1e-2
+from solver_problem import DEN, F64, GM, SCH, T_MIN, X1, rel  # noqa: F401 (shared)
 
 
 def grid(M, t_max=1.0, t_min=T_MIN, sch=SCH):
     lo, hi = sch.log_snr(torch.tensor([t_max, t_min], dtype=F64)).tolist()
     return torch.linspace(lo, hi, M + 1, dtype=F64)
-
-
-def rel(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 def taylor_multistep(den, x, ts, order, data):

@@ -30,10 +30,6 @@ from .pndm import *  # noqa: F401,F403
 from .search import *  # noqa: F401,F403
 from .v3 import *  # noqa: F401,F403
 
-# private pieces that tests and benchmarks reach for by their old names
-from ._core import _phi  # noqa: F401,E402
-from .deis import _rho_weights, _tab_weights  # noqa: F401,E402
-
 __all__ = (
     _core.__all__ + dpm.__all__ + deis.__all__ + pndm.__all__ + v3.__all__
     + search.__all__ + benchmark.__all__
