@@ -155,3 +155,33 @@ def test_thin_mixture_is_thin_unequal_and_seeded():
     assert float(m.variances.sqrt().max()) <= 0.075 + 1e-12
     assert not torch.equal(m.means, A.thin_mixture(64, seed=4).means)
     assert torch.equal(m.means, A.thin_mixture(64, seed=3).means)
+
+
+def test_frechet_distance_against_closed_form_and_scipy():
+    from scipy.linalg import sqrtm
+
+    g = torch.Generator().manual_seed(0)
+    # fitted Gaussians with diagonal covariances commute: the distance is
+    # |m_x - m_y|^2 + sum_i (s_x,i - s_y,i)^2 with the fitted standard deviations
+    x = torch.randn(3000, 4, generator=g, dtype=F64) * torch.tensor([1.0, 2, 0.5, 1])
+    y = torch.randn(3000, 4, generator=g, dtype=F64) * 3 + 1
+    fd = metrics.frechet_distance(x, y)
+    cx, cy = torch.cov(x.T), torch.cov(y.T)
+    # reference: the textbook formula with scipy's general matrix square root
+    ref = float(
+        (x.mean(0) - y.mean(0)).pow(2).sum()
+        + cx.trace()
+        + cy.trace()
+        - 2 * float(sqrtm((cx @ cy).numpy()).real.trace())
+    )
+    assert abs(fd - ref) < 1e-9 * ref
+    # the population value (4 + 1 + ... ): means differ by 1 in each coordinate,
+    # standard deviations 1, 2, 0.5, 1 against 3
+    exact = 4 * 1.0 + (3 - 1) ** 2 + (3 - 2) ** 2 + (3 - 0.5) ** 2 + (3 - 1) ** 2
+    assert abs(fd - exact) < 0.05 * exact
+    # symmetric, zero on identical samples, shift invariant jointly
+    assert abs(metrics.frechet_distance(y, x) - fd) < 1e-9 * fd
+    assert metrics.frechet_distance(x, x) < 1e-9
+    assert abs(metrics.frechet_distance(x + 5, y + 5) - fd) < 1e-9 * fd
+    with pytest.raises(ValueError, match="N, M >= 2"):
+        metrics.frechet_distance(x[:1], y)
