@@ -33,16 +33,21 @@ from hypothesis import strategies as st
 
 from dlib import (
     analytic,
+    consistency,
     data,
     fullscale,
     geometry,
     guidance,
     interpolants,
+    lora,
     losses,
+    mcmc,
     metrics,
     nets,
+    ot,
     param,
     plot,
+    quant,
     runtime,
     sampling,
     solvers,
@@ -1504,6 +1509,17 @@ def test_rms_error_is_finite(n, d, seed, scale):
     assert math.isfinite(rms) and math.isfinite(se) and rms >= 0 and se >= 0
 
 
+@covers("metrics.frechet_distance")
+@SETTINGS
+@given(n=st.integers(2, 40), d=st.integers(1, 6), seed=seeds, scale=st.floats(0, 1e3))
+def test_frechet_distance_is_finite_and_nonnegative(n, d, seed, scale):
+    x, y = randn(seed, n, d), scale * randn(seed + 1, n + 3, d)
+    fd = metrics.frechet_distance(x, y)
+    assert math.isfinite(fd) and fd >= 0
+    with pytest.raises(ValueError, match="x and y"):
+        metrics.frechet_distance(x, y[:, :0] if d > 1 else randn(seed, n, d + 1))
+
+
 def test_rms_error_and_thin_mixture_reject_bad_input():
     for bad in (randn(0, 5), randn(0, 1, 2), "x"):
         with pytest.raises(ValueError, match="x|reference"):
@@ -1973,6 +1989,427 @@ def test_usf_bad_input_gives_a_value_error_naming_the_argument(index, data_):
     assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
 
 
+# === chapter II.6: denoising MCMC (helper 1 owns this section) ========================
+MCMC_SIG = [5.0, 1.0, 0.2, 0.05]  # inside the levels that DEN (VP linear) covers
+
+
+def mcmc_classifier(x):
+    return GM.noise_level_log_posterior(x, MCMC_SIG).to(x.dtype)
+
+
+@covers("analytic.GaussianMixture.noise_level_log_posterior", "mcmc.noise_level_grid")
+@SETTINGS
+@given(seed=seeds, dtype=dtypes, scale=st.sampled_from([0.0, 1.0, 1e3]),
+       n=st.integers(2, 50), diag=st.booleans())
+def test_noise_level_posterior_is_a_distribution(seed, dtype, scale, n, diag):
+    sig = mcmc.noise_level_grid(n, 1e-3, 1e2)
+    assert bool((sig[1:] < sig[:-1]).all()) and torch.isfinite(sig).all()
+    mix = GM if not diag else analytic.GaussianMixture(
+        GM.means, torch.tensor([[0.3, 0.1], [0.5, 2.0]]), GM.weights)
+    logp = mix.noise_level_log_posterior(scale * randn(seed, 3, 2, dtype=dtype), sig)
+    assert logp.shape == (3, n) and torch.isfinite(logp).all()
+    assert (logp.exp().sum(1) - 1).abs().max() < 1e-9
+
+
+@covers("mcmc.langevin_gibbs", "mcmc.karras_levels", "mcmc.sample_from_levels",
+        "mcmc.sample_dlg", "mcmc.Chain", "mcmc.DLGResult")
+@FEW
+@given(sch=schedules, seed=seeds, dtype=dtypes, update=st.sampled_from(["argmax",
+       "sample"]), method=st.sampled_from(["euler", "heun"]), oracle=st.booleans(),
+       n_skip=st.integers(1, 3), n_steps=st.integers(1, 3))
+def test_dlg_is_finite_and_counts_its_nfe(sch, seed, dtype, update, method, oracle,
+                                          n_skip, n_steps):
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    lam_1, lam_0 = sch.log_snr_range()  # the VE levels sigma = exp(-lambda) it covers
+    sig = mcmc.noise_level_grid(4, max(math.exp(-lam_0), 1e-4) * 1.01,
+                                min(math.exp(-lam_1), 50.0) * 0.99)
+
+    def clf(x):
+        return GM.noise_level_log_posterior(x, sig).to(x.dtype)
+
+    x = randn(seed, 4, 2, dtype=dtype)
+    level = torch.tensor([0, 1, 2, 3])
+    g = torch.Generator().manual_seed(seed)
+    ch = mcmc.langevin_gibbs(den, clf, x, level, sig, tau=0.01, n_steps=2,
+                             update=update, generator=g)
+    assert all_finite(ch) and ch.x.dtype == dtype
+    grid = mcmc.karras_levels(sig, float(sig[-1]), n_steps)
+    out = mcmc.sample_from_levels(den, x, grid, method=method)
+    assert all_finite(out) and out.shape == x.shape and out.dtype == dtype
+    den.nfe = 0
+    res = mcmc.sample_dlg(den, clf, x, level, sig, tau=0.01, n_skip=n_skip,
+                          n_steps=n_steps, method=method, update=update, n_rounds=2)
+    assert all_finite(res.samples) and res.samples.shape == (2, 4, 2)
+    per_step = 1 if method == "euler" else 2
+    assert res.nfe_per_sample == n_skip + per_step * n_steps + 1
+
+
+@SETTINGS
+@given(which=st.sampled_from(["tau", "n_steps", "sigmas", "level", "x", "update"]),
+       bad=st.one_of(st.sampled_from([None, True, "a", [], [[1.0]], math.nan]),
+                     st.floats(max_value=0.0)))
+def test_mcmc_bad_input_names_the_argument(which, bad):
+    x = X.to(F64)
+    kw = dict(tau=0.1, n_steps=1, sigmas=MCMC_SIG, x=x, update="argmax",
+              level=torch.zeros(4, dtype=torch.int64))
+    kw[which] = bad
+    with pytest.raises(ValueError, match=which if which != "sigmas" else "sigma"):
+        mcmc.langevin_gibbs(DEN, mcmc_classifier, **kw)
+    with pytest.raises(ValueError, match="levels"):
+        mcmc.sample_from_levels(DEN, x, bad)
+    with pytest.raises(ValueError, match="sigmas"):
+        GM.noise_level_log_posterior(x, bad)
+
+
+
+# === chapter II.7: DPM-OT (helper 2 owns this section) ================================
+@covers("ot.SemiDiscreteOT", "ot.SemiDiscreteOT.assign", "ot.SemiDiscreteOT.transport",
+        "ot.SemiDiscreteOT.potential", "ot.SemiDiscreteOT.cell_masses",
+        "ot.SemiDiscreteOT.dual_energy", "ot.SemiDiscreteOT.fit")
+@FEW
+@given(seed=seeds, dtype=dtypes, m=st.integers(1, 7), d=st.integers(1, 4),
+       scale=st.sampled_from([0.0, 1.0, 1e3]), batch=st.integers(1, 8),
+       fixed=st.booleans(), weighted=st.booleans())
+def test_semi_discrete_ot_is_finite_and_consistent(seed, dtype, m, d, scale, batch,
+                                                   fixed, weighted):
+    y = scale * randn(seed, m, d, dtype=dtype)
+    w = None
+    if weighted:
+        w = torch.rand(m, generator=torch.Generator().manual_seed(seed))
+        w[0] += 0.1  # a positive sum
+    sd = ot.SemiDiscreteOT(y, w, batch=batch)
+    x = randn(seed + 1, 50, d, dtype=dtype)
+
+    def source(n, g):
+        return torch.randn(n, d, generator=g).to(dtype)
+
+    sd.fit(x if fixed else source, n_samples=64, steps=5,
+           generator=torch.Generator().manual_seed(seed))
+    idx = sd.assign(x)
+    assert idx.dtype == torch.int64 and bool(((idx >= 0) & (idx < m)).all())
+    out = sd.transport(x)
+    assert torch.equal(out, y[idx])  # always a stored target
+    u = sd.potential(x)
+    assert u.shape == (50,) and all_finite(u)
+    masses = sd.cell_masses(x)
+    assert masses.shape == (m,) and abs(float(masses.sum()) - 1) < 1e-9
+    assert math.isfinite(sd.dual_energy(x)) and all_finite(sd.psi)
+    assert abs(float(sd.psi.mean())) < 1e-9 * (1 + float(sd.psi.abs().max()))
+    assert all(math.isfinite(h["grad_norm"]) for h in sd.history)
+
+
+@covers("ot.sample_dpm_ot", "analytic.grid_mixture")
+@FEW
+@given(sch=schedules, seed=seeds, dtype=dtypes, n=st.integers(1, 4),
+       oracle=st.booleans(), eta=st.sampled_from([0.0, 1.0]),
+       clip=st.sampled_from([None, 1.0]), grid_n=st.integers(1, 3))
+def test_sample_dpm_ot_is_finite_and_counts_its_nfe(sch, seed, dtype, n, oracle, eta,
+                                                    clip, grid_n):
+    mix = analytic.grid_mixture(grid_n)
+    den = mix.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    ts = sampling.time_grid(n, 0.5, 0.05, final_zero=True)
+    lat = mix.sample(6, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    sd = ot.SemiDiscreteOT(lat, time=0.5)
+    x = randn(seed, 4, 2, dtype=dtype)
+    den.nfe = 0
+    out = finite_or_singular(lambda: ot.sample_dpm_ot(
+        den, x, sd, ts, eta=eta, clip_x0=clip,
+        generator=torch.Generator().manual_seed(seed)))
+    assert out is None or (out.dtype == dtype and out.shape == x.shape)
+    assert out is None or den.nfe == n + 1
+
+
+def _ot_bad_cases():
+    """(argument, strategy of bad values, call) for dlib.ot."""
+    y, x = randn(0, 5, 2), randn(1, 4, 2)
+    sd = ot.SemiDiscreteOT(y)
+    den = GM.denoiser(S.VPLinear())
+    ts = [0.5, 0.0]
+    return [
+        ("targets", bad_batches(y), lambda v: ot.SemiDiscreteOT(v)),
+        ("weights", st.one_of(st.none().map(lambda _: [1.0, -1.0, 1.0, 1.0, 1.0]),
+                              st.just([1.0, 1.0]), st.just([nan] * 5),
+                              st.just([0.0] * 5), st.text(max_size=3)),
+         lambda v: ot.SemiDiscreteOT(y, v)),
+        ("batch", bad_counts, lambda v: ot.SemiDiscreteOT(y, batch=v)),
+        ("time", bad_times.filter(lambda v: v is not None),
+         lambda v: ot.SemiDiscreteOT(y, time=v)),
+        ("x", bad_batches(x), lambda v: sd.assign(v)),
+        ("source", st.one_of(not_callables, bad_batches(x)), lambda v: sd.fit(v)),
+        ("n_samples", bad_counts, lambda v: sd.fit(lambda n, g: x, n_samples=v)),
+        ("steps", bad_counts, lambda v: sd.fit(x, steps=v)),
+        ("lr", bad_positive, lambda v: sd.fit(x, lr=v)),
+        ("tol", bad_positive, lambda v: sd.fit(x, tol=v)),
+        ("patience", bad_counts, lambda v: sd.fit(x, patience=v)),
+        ("ot_map", st.one_of(st.none(), st.text(max_size=3), st.just(y)),
+         lambda v: ot.sample_dpm_ot(den, x, v, ts)),
+        ("ts", bad_grids(), lambda v: ot.sample_dpm_ot(den, x, sd, v)),
+        ("denoiser", bad_denoisers, lambda v: ot.sample_dpm_ot(v, x, sd, ts)),
+        ("n", bad_counts, lambda v: analytic.grid_mixture(v)),
+        ("spacing", bad_positive, lambda v: analytic.grid_mixture(5, v)),
+        ("std", bad_positive, lambda v: analytic.grid_mixture(5, 0.5, v)),
+    ]
+
+
+OT_BAD_LABELS = ["targets", "weights", "batch", "time", "x", "source", "n_samples",
+                 "steps", "lr", "tol", "patience", "ot_map", "ts", "denoiser", "n",
+                 "spacing", "std"]
+
+
+@pytest.mark.parametrize("index", range(len(OT_BAD_LABELS)), ids=OT_BAD_LABELS)
+@FEW
+@given(data_=st.data())
+def test_ot_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    arg, values, call = _ot_bad_cases()[index]
+    assert arg == OT_BAD_LABELS[index]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+
+
+# === chapter II.8: consistency models and LoRA (helper 3 owns this section) ===========
+@covers("consistency.boundary_scalings", "consistency.consistency_function",
+        "consistency.sample_consistency", "consistency.lcm_time_grid")
+@FEW
+@given(sch=schedules, t=times, seed=seeds, dtype=dtypes, steps=st.integers(1, 6),
+       scale=st.sampled_from([1.0, 10.0, 1e4]), sigma_data=st.sampled_from([0.1, 0.5]),
+       clip=st.sampled_from([None, 1.0]))
+def test_consistency_function_and_sampler_are_finite(sch, t, seed, dtype, steps, scale,
+                                                     sigma_data, clip):
+    c_skip, c_out = consistency.boundary_scalings(t, sigma_data=sigma_data, scale=scale)
+    assert 0 < c_skip <= 1 and 0 <= c_out < 1 and all_finite([c_skip, c_out])
+    den = GM.denoiser(sch)
+    x = randn(seed, 6, 2, dtype=dtype)
+    kw = {"sigma_data": sigma_data, "scale": scale}
+    f = finite_or_singular(lambda: consistency.consistency_function(den, x, t, **kw))
+    if t == 0:
+        assert torch.equal(f, x)
+    ts = consistency.lcm_time_grid(steps, original_steps=10)
+    assert len(ts) == steps + 1 and ts[0] == 1 and ts[-1] == 0
+    finite_or_singular(lambda: consistency.sample_consistency(
+        den, x, ts[1:] if sch.name == "linear" else ts, clip_x0=clip,
+        generator=torch.Generator().manual_seed(seed), **kw))
+
+
+@covers("consistency.teacher_step", "consistency.consistency_distillation_loss")
+@FEW
+@given(sch=st.sampled_from(SCHEDULES[:3] + SCHEDULES[4:]), seed=seeds, dtype=dtypes,
+       skip=st.integers(1, 10), groups=st.integers(1, 4),
+       huber=st.sampled_from([None, 1e-3, 1.0]), t=st.floats(0.05, 0.95))
+def test_consistency_loss_and_teacher_step_are_finite(sch, seed, dtype, skip, groups,
+                                                      huber, t):
+    den = GM.denoiser(sch)
+    x = randn(seed, 8, 2, dtype=dtype)
+    assert all_finite(consistency.teacher_step(den, x, t, t / 2))
+    grid = torch.linspace(0, 0.95, 11)
+    loss = consistency.consistency_distillation_loss(
+        den, den, den, x, grid, skip=skip, groups=groups, huber_c=huber,
+        generator=torch.Generator().manual_seed(seed))
+    assert loss.dim() == 0 and math.isfinite(loss.item()) and loss.item() >= 0
+
+
+@covers("lora.LoRALinear", "lora.LoRALinear.forward", "lora.LoRALinear.delta",
+        "lora.LoRALinear.merged", "lora.LoRALinear.extra_repr", "lora.add_lora",
+        "lora.lora_deltas", "lora.merge_deltas")
+@FEW
+@given(seed=seeds, rank=st.integers(1, 4), gamma=st.sampled_from([None, 0.5, 16.0]),
+       c=st.floats(-3, 3), dtype=dtypes)
+def test_lora_is_finite_and_merges_exactly(seed, rank, gamma, c, dtype):
+    torch.manual_seed(seed)
+    lin = torch.nn.Linear(5, 4).to(dtype)
+    ad = lora.LoRALinear(lin, rank, gamma, torch.Generator().manual_seed(seed))
+    x = randn(seed, 3, 5, dtype=dtype)
+    assert torch.equal(ad(x), lin(x)) and f"rank={rank}" in repr(ad)
+    with torch.no_grad():
+        ad.B.normal_(generator=torch.Generator().manual_seed(seed + 1))
+    tol = 1e-4 if dtype == F32 else 1e-10
+    torch.testing.assert_close(ad.merged()(x), ad(x), rtol=tol, atol=tol)
+    assert all_finite(ad.delta())
+    net = nets.MLP(2, hidden=8, depth=3).to(dtype)
+    adapted = lora.add_lora(net, rank, gamma, torch.Generator().manual_seed(seed))
+    deltas = lora.lora_deltas(adapted)
+    merged = lora.merge_deltas(net, [deltas, deltas], [c, 0.0])
+    assert all_finite(merged(randn(seed, 4, 2, dtype=dtype), 0.5))
+
+
+def test_consistency_and_lora_bad_input():
+    den = GM.denoiser(S.VPLinear())
+    x = randn(0, 4, 2)
+    for bad in (nan, inf, -0.1, 1.5):
+        with pytest.raises(ValueError, match="t"):
+            consistency.boundary_scalings(bad)
+    for kw, word in [({"sigma_data": 0}, "sigma_data"), ({"scale": nan}, "scale")]:
+        with pytest.raises(ValueError, match=word):
+            consistency.consistency_function(den, x, 0.5, **kw)
+    with pytest.raises(ValueError, match="x"):
+        consistency.consistency_function(den, with_bad(x, 1, nan), 0.5)
+    with pytest.raises(ValueError, match="steps"):
+        consistency.lcm_time_grid(True)
+    with pytest.raises(ValueError, match="generator"):
+        consistency.sample_consistency(den, x, [1.0, 0.0], generator=3)
+    with pytest.raises(ValueError, match="clip_x0"):
+        consistency.sample_consistency(den, x, [1.0, 0.0], clip_x0=nan)
+    with pytest.raises(ValueError, match="x0"):
+        consistency.consistency_distillation_loss(den, den, den, with_bad(x, 0, inf),
+                                                  [0.0, 0.5, 1.0])
+    with pytest.raises(ValueError, match="rank"):
+        lora.add_lora(nets.MLP(2, hidden=8), rank=-1)
+
+
+
+
+# === chapter II.9: PTQ4DM (helper 4 owns this section) ================================
+@covers("quant.fake_quantize", "quant.search_step")
+@SETTINGS
+@given(seed=seeds, dtype=dtypes, bits=st.integers(2, 16),
+       scale=st.sampled_from([0.0, 1e-6, 1.0, 1e4]), p=st.sampled_from([1.0, 2.0, 2.4]),
+       n_grid=st.integers(1, 20), per_channel=st.booleans())
+def test_quantiser_is_finite_idempotent_and_in_range(seed, dtype, bits, scale, p,
+                                                    n_grid, per_channel):
+    v = randn(seed, 3, 7, dtype=dtype) * scale
+    delta = quant.search_step(v, bits, p=p, n_grid=n_grid,
+                              channel_dim=0 if per_channel else None)
+    assert all_finite(delta) and bool((delta > 0).all())
+    assert delta.shape == ((3,) if per_channel else ())
+    d = delta[:, None] if per_channel else float(delta)
+    q = quant.fake_quantize(v, d, bits)
+    assert all_finite(q) and q.dtype == dtype and q.shape == v.shape
+    assert torch.equal(quant.fake_quantize(q, d, bits), q)
+    k = q / (delta[:, None] if per_channel else delta).to(dtype)
+    assert float(k.min()) >= -(2 ** (bits - 1)) - 1e-3
+    assert float(k.max()) <= 2 ** (bits - 1) - 1 + 1e-3
+
+
+@covers("quant.QuantLayer", "quant.QuantLayer.forward", "quant.QuantLayer.extra_repr",
+        "quant.quantize_network", "quant.calibrate", "quant.calibration_raw",
+        "quant.calibration_forward")
+@FEW
+@given(seed=seeds, w_bits=st.sampled_from([None, 4, 8]),
+       a_bits=st.sampled_from([None, 4, 8]), n=st.integers(1, 9),
+       batch=st.integers(1, 5), sch=schedules, forward=st.booleans())
+def test_quantised_network_is_finite_after_calibration(seed, w_bits, a_bits, n, batch,
+                                                       sch, forward):
+    g = torch.Generator().manual_seed(seed)
+    x0 = randn(seed, 6, 2)
+    if forward:
+        x, t = quant.calibration_forward(x0, sch, n, generator=g)
+    else:
+        x, t = quant.calibration_raw(x0, n, generator=g)
+    assert x.shape == (n, 2) and t.shape == (n,) and all_finite([x, t])
+    q = quant.calibrate(quant.quantize_network(mlp(), w_bits, a_bits), x, t,
+                        batch_size=batch)
+    with torch.no_grad():
+        out = q(x, t)
+    assert all_finite(out) and out.shape == x.shape
+    layers = [m for m in q.modules() if isinstance(m, quant.QuantLayer)]
+    assert layers and all(m.mode == "frozen" for m in layers)
+    assert "w_bits" in layers[0].extra_repr()
+
+
+@covers("quant.calibration_trajectory")
+@FEW
+@given(seed=seeds, mode=st.sampled_from(["uniform", "normal", "step"]),
+       n=st.integers(1, 6), mu=st.floats(-1, 2), sigma=st.floats(1e-3, 2),
+       oracle=st.booleans(), dtype=dtypes)
+def test_calibration_trajectory_is_finite_and_on_the_grid(seed, mode, n, mu, sigma,
+                                                         oracle, dtype):
+    sch = S.VPLinear()
+    den = GM.denoiser(sch) if oracle else param.Denoiser(mlp(), sch, "eps")
+    ts = sampling.time_grid(n, 1.0, 0.01)
+    noise = randn(seed, 5, 2, dtype=dtype)
+    x, t, k = quant.calibration_trajectory(
+        den, noise, ts, mode=mode, mu=mu, sigma=sigma, step=n - 1,
+        generator=torch.Generator().manual_seed(seed))
+    assert all_finite([x, t]) and x.shape == noise.shape and x.dtype == dtype
+    assert bool(((k >= 0) & (k < n)).all())
+    assert torch.allclose(t.double(), ts[k], atol=1e-6)
+
+
+def _quant_bad_cases():
+    """(argument, strategy of bad values, call) for dlib.quant."""
+    x, t = randn(0, 8, 2), torch.rand(8, generator=torch.Generator().manual_seed(0))
+    sch, den = S.VPLinear(), GM.denoiser(S.VPLinear())
+    ts = sampling.time_grid(4, 1.0, 0.01)
+    lin = torch.nn.Linear(2, 2)
+    bad_bits = st.one_of(st.integers(max_value=1), st.integers(min_value=17),
+                         st.booleans(), st.floats(), st.text(max_size=3))
+    traj = quant.calibration_trajectory
+    bad_v = st.one_of(  # any shape is a valid tensor to quantise
+        st.none(), st.text(max_size=3), st.floats(), st.just(x.tolist()), nonfinite(x),
+        st.just(x[:0]), st.just(x > 0), st.just(x.to(torch.complex64)))
+
+    def qnet():
+        return quant.quantize_network(mlp(), 8, 8)
+
+    return [
+        ("v", bad_v, lambda v: quant.fake_quantize(v, 0.1)),
+        ("delta", bad_positive, lambda v: quant.fake_quantize(x, v)),
+        ("delta", st.just(torch.zeros(3)), lambda v: quant.fake_quantize(x, v)),
+        ("bits", bad_bits, lambda v: quant.fake_quantize(x, 0.1, v)),
+        ("v", bad_v, lambda v: quant.search_step(v)),
+        ("p", bad_positive, lambda v: quant.search_step(x, p=v)),
+        ("n_grid", bad_counts, lambda v: quant.search_step(x, n_grid=v)),
+        ("channel_dim", st.one_of(st.integers(max_value=-1), st.integers(2, 9),
+                                  st.booleans(), st.text(max_size=2)),
+         lambda v: quant.search_step(x, channel_dim=v)),
+        ("layer", st.one_of(st.none(), st.just(torch.nn.SiLU()), st.integers()),
+         lambda v: quant.QuantLayer(v)),
+        ("w_bits", bad_bits, lambda v: quant.QuantLayer(lin, v)),
+        ("a_bits", bad_bits, lambda v: quant.QuantLayer(lin, 8, v)),
+        ("momentum", bad_fractions, lambda v: quant.QuantLayer(lin, momentum=v)),
+        ("net", st.one_of(st.none(), st.integers(), st.just(torch.nn.SiLU())),
+         lambda v: quant.quantize_network(v)),
+        ("a_bits", bad_bits, lambda v: quant.quantize_network(mlp(), 8, v)),
+        ("qnet", st.one_of(st.none(), st.just(mlp())),
+         lambda v: quant.calibrate(v, x, t)),
+        ("x", bad_batches(x), lambda v: quant.calibrate(qnet(), v, t)),
+        ("t", st.one_of(st.just(t[:3]), st.just(t + 2), st.none(), st.just(t * nan)),
+         lambda v: quant.calibrate(qnet(), x, v)),
+        ("batch_size", bad_counts, lambda v: quant.calibrate(qnet(), x, t,
+                                                               batch_size=v)),
+        ("x0", bad_batches(x), lambda v: quant.calibration_raw(v, 4)),
+        ("n", bad_counts, lambda v: quant.calibration_raw(x, v)),
+        ("generator", bad_generators, lambda v: quant.calibration_raw(x, 4,
+                                                                      generator=v)),
+        ("schedule", bad_schedules, lambda v: quant.calibration_forward(x, v, 4)),
+        ("t_range", st.sampled_from([(0.5, 0.2), (-1.0, 1.0), "0,1", None]),
+         lambda v: quant.calibration_forward(x, sch, 4, t_range=v)),
+        ("denoiser", bad_denoisers, lambda v: traj(v, x, ts)),
+        ("noise", bad_batches(x), lambda v: traj(den, v, ts)),
+        ("ts", bad_grids(), lambda v: traj(den, x, v)),
+        ("mode", bad_options("uniform", "normal", "step"),
+         lambda v: traj(den, x, ts, mode=v)),
+        ("mu", st.sampled_from([nan, inf, None, "0.4"]),
+         lambda v: traj(den, x, ts, mu=v)),
+        ("sigma", bad_positive, lambda v: traj(den, x, ts, sigma=v)),
+        ("step", st.one_of(st.none(), st.integers(max_value=-1), st.integers(4, 99),
+                           st.booleans()),
+         lambda v: traj(den, x, ts, mode="step", step=v)),
+    ]
+
+
+QUANT_BAD_LABELS = [
+    "v", "delta", "delta", "bits", "v", "p", "n_grid", "channel_dim", "layer", "w_bits",
+    "a_bits", "momentum", "net", "a_bits", "qnet", "x", "t", "batch_size", "x0", "n",
+    "generator", "schedule", "t_range", "denoiser", "noise", "ts", "mode", "mu",
+    "sigma", "step",
+]
+
+
+@pytest.mark.parametrize("index", range(len(QUANT_BAD_LABELS)),
+                         ids=[f"{i}-{a}" for i, a in enumerate(QUANT_BAD_LABELS)])
+@FEW
+@given(data_=st.data())
+def test_quant_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    arg, values, call = _quant_bad_cases()[index]
+    assert arg == QUANT_BAD_LABELS[index]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+
+
 # === coverage of the public API =======================================================
 MODULES = {
     "schedules": S,
@@ -1991,6 +2428,11 @@ MODULES = {
     "geometry": geometry,
     "plot": plot,
     "runtime": runtime,
+    "mcmc": mcmc,
+    "ot": ot,
+    "consistency": consistency,
+    "lora": lora,
+    "quant": quant,
 }
 # not functions: constants, containers and exceptions; and what cannot run on a CPU in
 # a unit test or needs the network (each is tested in its module's own tests)
