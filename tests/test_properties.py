@@ -1411,12 +1411,7 @@ SOLVER_BAD_LABELS = [
 @FEW
 @given(data_=st.data())
 def test_solver_bad_input_gives_a_value_error_naming_the_argument(index, data_):
-    label, arg, values, call = _solver_bad_cases()[index]
-    assert f"{label}-{arg}" == SOLVER_BAD_LABELS[index]
-    value = data_.draw(values, label=arg)
-    with pytest.raises(ValueError) as info:
-        call(value)
-    assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
+    _check_bad_case(_solver_bad_cases()[index], SOLVER_BAD_LABELS[index], data_)
 
 
 @covers("solvers.sample_deis")
@@ -1481,12 +1476,7 @@ DEIS_BAD_LABELS = ["x", "ts", "denoiser", "order", "variant", "lower_order_final
 @FEW
 @given(data_=st.data())
 def test_deis_bad_input_gives_a_value_error_naming_the_argument(index, data_):
-    arg, values, call = _deis_bad_cases()[index]
-    assert arg == DEIS_BAD_LABELS[index]
-    value = data_.draw(values, label=arg)
-    with pytest.raises(ValueError) as info:
-        call(value)
-    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+    _check_bad_case(_deis_bad_cases()[index], DEIS_BAD_LABELS[index], data_)
 
 
 # === Part II, shared: the solvers' test problem and error (lead) =====================
@@ -1613,12 +1603,7 @@ PNDM_BAD_LABELS = ["x", "ts", "denoiser", "variant", "callback"]
 @FEW
 @given(data_=st.data())
 def test_pndm_bad_input_gives_a_value_error_naming_the_argument(index, data_):
-    arg, values, call = _pndm_bad_cases()[index]
-    assert arg == PNDM_BAD_LABELS[index]
-    value = data_.draw(values, label=arg)
-    with pytest.raises(ValueError) as info:
-        call(value)
-    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+    _check_bad_case(_pndm_bad_cases()[index], PNDM_BAD_LABELS[index], data_)
 
 
 
@@ -1684,12 +1669,7 @@ DEIS_RK_BAD_LABELS = ["x", "ts", "denoiser", "tableau", "callback"]
 @FEW
 @given(data_=st.data())
 def test_deis_rk_bad_input_gives_a_value_error_naming_the_argument(index, data_):
-    arg, values, call = _deis_rk_bad_cases()[index]
-    assert arg == DEIS_RK_BAD_LABELS[index]
-    value = data_.draw(values, label=arg)
-    with pytest.raises(ValueError) as info:
-        call(value)
-    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+    _check_bad_case(_deis_rk_bad_cases()[index], DEIS_RK_BAD_LABELS[index], data_)
 
 
 
@@ -1842,12 +1822,7 @@ V3_BAD_LABELS = ["x", "ts", "denoiser", "stats", "order", "half_corrector", "cal
 @FEW
 @given(data_=st.data())
 def test_v3_bad_input_gives_a_value_error_naming_the_argument(index, data_):
-    arg, values, call = _v3_bad_cases()[index]
-    assert arg == V3_BAD_LABELS[index]
-    value = data_.draw(values, label=arg)
-    with pytest.raises(ValueError) as info:
-        call(value)
-    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+    _check_bad_case(_v3_bad_cases()[index], V3_BAD_LABELS[index], data_)
 
 
 
@@ -1981,12 +1956,7 @@ USF_BAD_LABELS = [
 @FEW
 @given(data_=st.data())
 def test_usf_bad_input_gives_a_value_error_naming_the_argument(index, data_):
-    label, arg, values, call = _usf_bad_cases()[index]
-    assert f"{label}-{arg}" == USF_BAD_LABELS[index]
-    value = data_.draw(values, label=arg)
-    with pytest.raises(ValueError) as info:
-        call(value)
-    assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
+    _check_bad_case(_usf_bad_cases()[index], USF_BAD_LABELS[index], data_)
 
 
 # === chapter II.6: denoising MCMC (helper 1 owns this section) ========================
@@ -2160,12 +2130,7 @@ OT_BAD_LABELS = ["targets", "weights", "batch", "time", "x", "source", "n_sample
 @FEW
 @given(data_=st.data())
 def test_ot_bad_input_gives_a_value_error_naming_the_argument(index, data_):
-    arg, values, call = _ot_bad_cases()[index]
-    assert arg == OT_BAD_LABELS[index]
-    value = data_.draw(values, label=arg)
-    with pytest.raises(ValueError) as info:
-        call(value)
-    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+    _check_bad_case(_ot_bad_cases()[index], OT_BAD_LABELS[index], data_)
 
 
 # === chapter II.8: consistency models and LoRA (helper 3 owns this section) ===========
@@ -2402,12 +2367,7 @@ QUANT_BAD_LABELS = [
 @FEW
 @given(data_=st.data())
 def test_quant_bad_input_gives_a_value_error_naming_the_argument(index, data_):
-    arg, values, call = _quant_bad_cases()[index]
-    assert arg == QUANT_BAD_LABELS[index]
-    value = data_.draw(values, label=arg)
-    with pytest.raises(ValueError) as info:
-        call(value)
-    assert _names_argument(str(info.value), arg), (arg, value, str(info.value))
+    _check_bad_case(_quant_bad_cases()[index], QUANT_BAD_LABELS[index], data_)
 
 
 # === coverage of the public API =======================================================
@@ -3170,6 +3130,20 @@ def _names_argument(message: str, name: str) -> bool:
     if re.fullmatch(r"\w+", name):
         return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", message) is not None
     return name in message
+
+
+def _check_bad_case(case, label: str, data_) -> None:
+    """One bad-input case ``(..., arg, values, call)``: ``label`` is its test id (the
+    names before ``values`` joined by "-", kept in a list so that ids stay stable);
+    draw a bad value for ``arg`` and check that ``call`` raises a ValueError naming
+    it."""
+    *names, values, call = case
+    assert "-".join(names) == label
+    arg = names[-1]
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (*names, value, str(info.value))
 
 
 @pytest.mark.parametrize(
