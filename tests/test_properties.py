@@ -1318,7 +1318,7 @@ def _solver_bad_cases():
         (
             "sample_dpm_solver",
             "lower_order_below",
-            st.one_of(bad_counts.filter(lambda v: v != 0), st.just(-inf)),
+            st.one_of(bad_counts.filter(lambda v: v not in (0, inf)), st.just(-inf)),
             lambda v: dpm(den, x, ts, lower_order_below=v),
         ),
         (
@@ -1460,7 +1460,7 @@ def _deis_bad_cases():
          lambda v: deis(den, x, ts, variant=v)),
         ("lower_order_final", bad_flags,
          lambda v: deis(den, x, ts, lower_order_final=v)),
-        ("lower_order_below", st.one_of(bad_counts.filter(lambda v: v != 0),
+        ("lower_order_below", st.one_of(bad_counts.filter(lambda v: v not in (0, inf)),
                                         st.just(-inf)),
          lambda v: deis(den, x, ts, lower_order_below=v)),
         ("callback", not_callables.filter(lambda v: v is not None),
