@@ -92,18 +92,20 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 @contextmanager
 def timer(label: str | None = None, out: dict | None = None):
     """Context manager measuring wall time; prints ``label: 1.23 s`` if ``label`` is
-    given and stores the seconds in ``out["seconds"]`` if a dict is given."""
+    given and stores the seconds in ``out["seconds"]`` on exit. It yields that dict (a
+    new one when ``out`` is None), so ``with timer() as t: ...`` then ``t["seconds"]``
+    works too."""
     if label is not None and not isinstance(label, str):
         raise ValueError(f"label must be a string or None; got {label!r}")
     if out is not None and not isinstance(out, dict):
         raise ValueError(f"out must be a dict or None; got {type(out).__name__}")
+    out = {} if out is None else out
     start = time.perf_counter()
     try:
-        yield
+        yield out
     finally:
         sec = time.perf_counter() - start
-        if out is not None:
-            out["seconds"] = sec
+        out["seconds"] = sec
         if label is not None:
             print(f"{label}: {sec:.2f} s")
 

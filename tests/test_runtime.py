@@ -43,6 +43,9 @@ def test_seed_and_timer(capsys):
     with runtime.timer("nap", out):
         time.sleep(0.01)
     assert out["seconds"] >= 0.01 and "nap:" in capsys.readouterr().out
+    with runtime.timer() as t:  # the dict it yields carries the time after the block
+        time.sleep(0.01)
+    assert t["seconds"] >= 0.01 and capsys.readouterr().out == ""
 
 
 def test_show_source():
