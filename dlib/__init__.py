@@ -13,6 +13,7 @@ from . import (  # noqa: E402,F401
     analytic,
     consistency,
     data,
+    discrete,
     fullscale,
     geometry,
     guidance,

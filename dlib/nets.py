@@ -1,14 +1,20 @@
-r"""Denoiser networks: an MLP for low-dimensional data and a U-Net for images.
+r"""Denoiser networks: an MLP for low-dimensional data, a U-Net for images, an
+energy-based MLP and a token transformer.
 
-Both networks take a batch ``x`` and a time ``t`` in $[0,1]$ (a scalar, broadcast to the
-batch, or one time per sample) and return a tensor of the same shape as ``x``. What that
-output *means* (noise, data, score or velocity) is decided by the parameterisation, not
-by the network.
+The MLP and the U-Net take a batch ``x`` and a time ``t`` in $[0,1]$ (a scalar,
+broadcast to the batch, or one time per sample) and return a tensor of the same shape as
+``x``. What that output *means* (noise, data, score or velocity) is decided by the
+parameterisation, not by the network.
 
-* :class:`SinusoidalEmbedding`  the time features shared by both networks.
+* :class:`SinusoidalEmbedding`  the time features shared by the networks.
 * :class:`MLP`   time embedding added to every hidden layer; SiLU activations.
 * :class:`UNet`  residual blocks with GroupNorm, time injection and skip connections;
   small by default, DDPM's CIFAR-10 network with :meth:`UNet.ddpm_cifar10`.
+* :class:`EnergyMLP`  a scalar energy whose negative gradient is the output (a
+  conservative field, chapter I.6).
+* :class:`TokenTransformer`  token sequences (B, L) to logits (B, L, out_dim), for
+  discrete diffusion (Part III); its inputs are tokens, not vectors shaped like its
+  output.
 
 Dtypes. Times are floating point whatever the data's dtype (integer times or integer
 data give float times). The input is cast to the dtype of the network's parameters, and
@@ -31,9 +37,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._checks import flag as _flag
 from ._checks import in_range, positive_int
 
-__all__ = ["SinusoidalEmbedding", "MLP", "UNet", "count_params", "EnergyMLP"]
+__all__ = [
+    "SinusoidalEmbedding",
+    "MLP",
+    "UNet",
+    "count_params",
+    "EnergyMLP",
+    "TokenTransformer",
+]
 
 
 def count_params(module: nn.Module) -> int:
@@ -598,4 +612,242 @@ class EnergyMLP(nn.Module):
         return (
             f"dim={self.dim}, hidden={self.hidden}, depth={self.depth}, "
             f"emb_dim={self.emb_dim}, params={count_params(self):,}"
+        )
+
+
+class _TokenBlock(nn.Module):
+    r"""One pre-norm transformer block:
+    $h \leftarrow h + \mathrm{Attn}(\mathrm{N}_1(h))$, then
+    $h \leftarrow h + \mathrm{MLP}(\mathrm{N}_2(h))$, where each norm is a LayerNorm,
+    adaptive to the time when ``emb`` is given: $\mathrm{N}(h) =
+    \mathrm{LN}(h)(1 + a(e)) + b(e)$ with $(a, b)$ a linear map of the time embedding
+    $e$ (DiT's adaptive LayerNorm, without its gates)."""
+
+    def __init__(self, d_model: int, heads: int, mlp_ratio: int, timed: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d_model, elementwise_affine=not timed)
+        self.norm2 = nn.LayerNorm(d_model, elementwise_affine=not timed)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * d_model, d_model),
+        )
+        self.modulation = nn.Linear(d_model, 4 * d_model) if timed else None
+
+    def forward(self, h: torch.Tensor, emb, causal: bool) -> torch.Tensor:
+        a1 = self.norm1(h)
+        a2_mod = None
+        if self.modulation is not None:  # emb: (B, 1 or L, d_model)
+            s1, b1, s2, b2 = self.modulation(emb).chunk(4, dim=-1)
+            a1 = a1 * (1 + s1) + b1
+            a2_mod = (s2, b2)
+        B, L, D = h.shape
+        q, k, v = self.qkv(a1).view(B, L, 3, self.heads, D // self.heads).unbind(2)
+        att = F.scaled_dot_product_attention(  # (B, heads, L, D/heads)
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal
+        )
+        h = h + self.proj(att.transpose(1, 2).reshape(B, L, D))
+        a2 = self.norm2(h)
+        if a2_mod is not None:
+            a2 = a2 * (1 + a2_mod[0]) + a2_mod[1]
+        return h + self.mlp(a2)
+
+
+class TokenTransformer(nn.Module):
+    r"""A small transformer over token sequences (Part III): tokens (B, L) and a time
+    $t\in[0,1]$ in, logits (B, L, ``out_dim``) out, one vector per position.
+
+    * Vocabulary. Input tokens take values ``0..vocab_size-1``; with
+      ``mask_token=True`` also :attr:`mask_index` ``= vocab_size``, the absorbing
+      (masked) state, so the input vocabulary has ``vocab_size + 1`` entries. The
+      output has ``out_dim`` entries per position, ``vocab_size`` by default (logits of
+      the clean token); ask for ``vocab_size + 1`` for a concrete score over a state
+      space that includes the mask, or for anything else a head needs.
+    * Soft tokens. ``tokens`` may also be a float tensor (B, L, V) with V the input
+      vocabulary: each row is a weighting of the token embeddings (a one-hot row is the
+      integer token; a probability vector, a Gumbel-softmax relaxation or a
+      straight-through sample give a network that is differentiable in its input).
+      Only finiteness is checked, not that rows sum to one.
+    * Positions. ``positions="learned"`` (an embedding per position, so at most
+      ``seq_len`` positions), ``"sinusoidal"`` (fixed sin/cos features of the position,
+      as in the original Transformer) or ``None``: no positions, and then a
+      bidirectional network is permutation equivariant (permuting the tokens permutes
+      the outputs). Sequences may be shorter than ``seq_len``.
+    * Time. With ``time=True`` (default) every LayerNorm is adaptive: its scale and
+      shift are linear maps of the time embedding (sinusoidal features and a small MLP,
+      as in :class:`MLP`; DiT's adaptive LayerNorm, as in SEDD's and MDLM's networks,
+      without DiT's gates). ``t`` is a number, one time per sequence (B,), or one time
+      per token (B, L) (per-token noise levels). With ``time=False`` the network has no
+      time input and ignores ``t`` (still checked if given); masked diffusion needs
+      none, as the number of masks tells the time, and an autoregressive model has none.
+    * Causal. With ``causal=True`` position ``l`` attends only to positions ``<= l``,
+      so output ``l`` depends on tokens ``0..l`` only: shift the targets by one for a
+      next-token (autoregressive) model. Default: bidirectional.
+
+    Written plainly (pre-norm blocks over :func:`torch.nn.functional.
+    scaled_dot_product_attention`) rather than with :class:`torch.nn.
+    TransformerEncoderLayer`, because the adaptive LayerNorm needs the time inside the
+    block. No dropout. The defaults (``d_model=64``, 2 blocks, 4 heads, MLP width
+    ``4 * d_model``) have about 150k parameters with time conditioning, 100k without
+    (vocabularies and lengths of tens add a few thousand). Output dtype: the
+    parameters' dtype for integer tokens, the input's for soft tokens (see the module
+    docstring). Token values are checked on the CPU only.
+    """
+
+    POSITIONS = ("learned", "sinusoidal", None)
+
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        out_dim: int | None = None,
+        *,
+        mask_token: bool = False,
+        d_model: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        mlp_ratio: int = 4,
+        positions: str | None = "learned",
+        time: bool = True,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = positive_int(vocab_size, "vocab_size")
+        self.seq_len = positive_int(seq_len, "seq_len")
+        self.mask_token = _flag(mask_token, "mask_token")
+        self.in_vocab = self.vocab_size + int(self.mask_token)
+        self.out_dim = (
+            self.vocab_size if out_dim is None else positive_int(out_dim, "out_dim")
+        )
+        self.d_model = _even(d_model, "d_model")
+        self.depth = positive_int(depth, "depth")
+        self.heads = positive_int(heads, "heads")
+        if d_model % heads:
+            raise ValueError(
+                f"heads must divide d_model = {d_model}; got heads = {heads}"
+            )
+        self.mlp_ratio = positive_int(mlp_ratio, "mlp_ratio")
+        if positions not in self.POSITIONS:
+            raise ValueError(
+                f"positions must be one of {self.POSITIONS}; got {positions!r}"
+            )
+        self.positions = positions
+        self.timed = _flag(time, "time")
+        self.causal = _flag(causal, "causal")
+
+        self.embed = nn.Embedding(self.in_vocab, d_model)
+        if positions == "learned":
+            self.pos = nn.Embedding(seq_len, d_model)
+        elif positions == "sinusoidal":  # the Transformer's sin/cos of the position
+            k = torch.arange(d_model // 2, dtype=torch.float32)
+            freqs = torch.exp(-math.log(10000.0) * k / (d_model // 2))
+            args = torch.arange(seq_len, dtype=torch.float32)[:, None] * freqs
+            pos = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+            self.register_buffer("pos_table", pos, persistent=False)
+        self.time = _TimeMLP(d_model) if self.timed else None
+        self.blocks = nn.ModuleList(
+            _TokenBlock(d_model, heads, mlp_ratio, self.timed) for _ in range(depth)
+        )
+        self.norm_out = nn.LayerNorm(d_model, elementwise_affine=not self.timed)
+        self.modulation_out = nn.Linear(d_model, 2 * d_model) if self.timed else None
+        self.head = nn.Linear(d_model, self.out_dim)
+
+    @property
+    def mask_index(self) -> int | None:
+        """The index of the mask token (``vocab_size``), or None without one."""
+        return self.vocab_size if self.mask_token else None
+
+    def _tokens(self, tokens) -> torch.Tensor:
+        """Integer tokens (B, L) or soft tokens (B, L, in_vocab) as embeddings
+        (B, L, d_model) in the parameters' dtype."""
+        V, Lmax = self.in_vocab, self.seq_len
+        allowed = (
+            f"an int64 tensor (B, L) with values in 0..{V - 1}, or a float tensor "
+            f"(B, L, {V}) of token weights, with 1 <= L <= {Lmax}"
+        )
+        what = (
+            f"shape {tuple(tokens.shape)}, dtype {tokens.dtype}"
+            if torch.is_tensor(tokens)
+            else type(tokens).__name__
+        )
+        if not torch.is_tensor(tokens) or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be {allowed}; got {what}")
+        soft = tokens.is_floating_point()
+        want_dim = 3 if soft else 2
+        if (
+            tokens.is_complex()
+            or tokens.dim() != want_dim
+            or not 1 <= tokens.shape[1] <= Lmax
+            or (soft and tokens.shape[2] != V)
+        ):
+            raise ValueError(f"tokens must be {allowed}; got {what}")
+        weight = self.embed.weight
+        if soft:
+            if tokens.device.type == "cpu" and tokens.numel():
+                lo, hi = torch.aminmax(tokens)
+                if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
+                    raise ValueError("tokens contains NaN or inf values")
+            return tokens.to(weight.dtype) @ weight
+        if tokens.device.type == "cpu" and tokens.numel():
+            lo, hi = torch.aminmax(tokens)
+            if lo.item() < 0 or hi.item() >= V:
+                mask = " (mask token included)" if self.mask_token else ""
+                raise ValueError(
+                    f"tokens must hold values in 0..{V - 1}{mask}; got values from "
+                    f"{lo.item()} to {hi.item()}"
+                )
+        return self.embed(tokens.long())
+
+    def _time_embedding(self, t, h: torch.Tensor) -> torch.Tensor | None:
+        """The time embedding (B, 1 or L, d_model), or None for an untimed network."""
+        B, L = h.shape[:2]
+        if t is None:
+            if self.timed:
+                raise ValueError(
+                    "t is required: this TokenTransformer is time-conditioned "
+                    "(build it with time=False for a network without a time input)"
+                )
+            return None
+        per_token = torch.is_tensor(t) and t.dim() == 2
+        if per_token and t.shape != (B, L):
+            raise ValueError(
+                f"t must be a scalar, or have shape ({B},) or ({B}, {L}) to match "
+                f"tokens of batch {B} and length {L}; got shape {tuple(t.shape)}"
+            )
+        flat = _times(t.reshape(-1), B * L, h) if per_token else _times(t, B, h)
+        if not self.timed:
+            return None
+        emb = self.time(flat)  # (B or B*L, d_model)
+        return emb.view(B, L, self.d_model) if per_token else emb[:, None, :]
+
+    def forward(self, tokens: torch.Tensor, t=None) -> torch.Tensor:
+        """Logits (B, L, out_dim) for ``tokens`` (B, L) integers, or (B, L, V) token
+        weights, and ``t`` (a number, (B,) or (B, L), in [0, 1]; required when the
+        network is time-conditioned, ignored otherwise)."""
+        h = self._tokens(tokens)
+        L = h.shape[1]
+        if self.positions == "learned":
+            h = h + self.pos.weight[:L]
+        elif self.positions == "sinusoidal":
+            h = h + self.pos_table[:L].to(h.dtype)
+        emb = self._time_embedding(t, h)
+        for block in self.blocks:
+            h = block(h, emb, self.causal)
+        h = self.norm_out(h)
+        if emb is not None:
+            scale, shift = self.modulation_out(emb).chunk(2, dim=-1)
+            h = h * (1 + scale) + shift
+        out = self.head(h)
+        return out.to(tokens.dtype) if tokens.is_floating_point() else out
+
+    def extra_repr(self) -> str:
+        mask = f", mask_index={self.mask_index}" if self.mask_token else ""
+        return (
+            f"vocab_size={self.vocab_size}{mask}, seq_len={self.seq_len}, "
+            f"out_dim={self.out_dim}, d_model={self.d_model}, depth={self.depth}, "
+            f"heads={self.heads}, positions={self.positions}, time={self.timed}, "
+            f"causal={self.causal}, params={count_params(self):,}"
         )

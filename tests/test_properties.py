@@ -35,6 +35,7 @@ from dlib import (
     analytic,
     consistency,
     data,
+    discrete,
     fullscale,
     geometry,
     guidance,
@@ -2370,6 +2371,670 @@ def test_quant_bad_input_gives_a_value_error_naming_the_argument(index, data_):
     _check_bad_case(_quant_bad_cases()[index], QUANT_BAD_LABELS[index], data_)
 
 
+# === Part III: dlib.discrete process, losses, samplers (helper 1 owns this section) ===
+
+
+DZ = discrete  # dlib.discrete
+D_SCHEDULES = [
+    DZ.LinearKeep(), DZ.LinearKeep(1e-3), DZ.CosineKeep(), DZ.GeometricKeep()
+]
+d_schedules = st.sampled_from(D_SCHEDULES)
+d_kinds = st.sampled_from(["uniform", "absorbing", "general"])
+D_K = 3
+
+
+def d_process(kind, sch):
+    if kind == "general":
+        Q = torch.tensor([[-1.0, 0.5, 0.5], [0.2, -0.3, 0.1], [1.0, 1.0, -2.0]])
+        return DZ.DiscreteProcess(Q, sch)
+    return getattr(DZ.DiscreteProcess, kind)(D_K, sch)
+
+
+def d_net(seed, n_out):
+    def fn(x_t, t):
+        g = torch.Generator().manual_seed(seed + int(x_t.sum()))
+        return 3 * torch.randn(x_t.shape + (n_out,), generator=g) + 0 * t[:, None, None]
+
+    return fn
+
+
+def d_denoiser(kind, sch, seed, den_kind="x0_logits"):
+    p = d_process(kind, sch)
+    n_out = p.n_states if den_kind == "concrete_score" else p.K
+    return DZ.CategoricalDenoiser(d_net(seed, n_out), p, den_kind)
+
+
+def d_tokens(seed, n_states, B=3, L=4):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n_states, (B, L), generator=g)
+
+
+def d_finite_or_singular(call):
+    """Finite output, or a ValueError that says where it is singular (never NaN)."""
+    try:
+        out = call()
+    except ValueError as err:
+        assert re.search(r"\bt\b|alpha|infinite|sigma_bar|rate", str(err)), str(err)
+        return None
+    assert not has_nan(out), out
+    return out
+
+
+@covers(
+    "discrete.KeepSchedule", "discrete.LinearKeep", "discrete.CosineKeep",
+    "discrete.GeometricKeep", "process.KeepSchedule.alpha",
+    "process.KeepSchedule.d_alpha", "process.KeepSchedule.sigma_bar",
+    "process.KeepSchedule.rate", "process.KeepSchedule.log_snr",
+    "process.KeepSchedule.elbo_weight",
+)
+@SETTINGS
+@given(sch=d_schedules, t=times)
+def test_discrete_schedules_are_never_nan(sch, t):
+    for name in ["alpha", "d_alpha", "sigma_bar", "rate", "log_snr", "elbo_weight"]:
+        v = getattr(sch, name)(t)
+        assert v.dtype == F64 and not has_nan(v), (name, t, v)
+    a = sch.alpha(torch.tensor([t, t], dtype=F64))
+    assert bool(((a >= 0) & (a <= 1)).all())
+
+
+@covers(
+    "discrete.DiscreteProcess", "process.DiscreteProcess.uniform",
+    "process.DiscreteProcess.absorbing", "process.DiscreteProcess.transition",
+    "process.DiscreteProcess.marginal", "process.DiscreteProcess.sample_xt",
+    "process.DiscreteProcess.prior", "process.DiscreteProcess.posterior",
+    "process.DiscreteProcess.score_from_x0", "process.DiscreteProcess.reverse_rates",
+    "discrete.sample_categorical",
+)
+@SETTINGS
+@given(kind=d_kinds, sch=d_schedules, s=times, t=times, seed=seeds)
+def test_discrete_process_is_never_nan(kind, sch, s, t, seed):
+    s, t = min(s, t), max(s, t)
+    p = d_process(kind, sch)
+    g = torch.Generator().manual_seed(seed)
+    x0 = d_tokens(seed, p.K)
+    x_t = d_tokens(seed + 1, p.n_states)
+    w = torch.softmax(torch.randn(3, 4, p.K, generator=g), -1)
+    P = d_finite_or_singular(lambda: p.transition(s, t))
+    if P is not None:
+        assert torch.allclose(P.sum(-1), torch.ones(p.n_states, dtype=F64))
+    d_finite_or_singular(lambda: p.marginal(x0, t))
+    d_finite_or_singular(lambda: p.marginal(w, torch.full((3,), t)))
+    d_finite_or_singular(lambda: p.sample_xt(x0, t, g))
+    d_finite_or_singular(lambda: p.prior(4))
+    if s < t:
+        post = d_finite_or_singular(lambda: p.posterior(x_t, w, s, t))
+        if post is not None:
+            assert torch.allclose(post.sum(-1), torch.ones(3, 4, dtype=F64))
+    d_finite_or_singular(lambda: p.score_from_x0(x_t, w, t))
+    if t > 0:
+        d_finite_or_singular(lambda: p.reverse_rates(x_t, t, w))
+        score = torch.rand(3, 4, p.n_states, generator=g)
+        d_finite_or_singular(lambda: p.reverse_rates(x_t, t, score=score))
+    x = DZ.sample_categorical(w, g)
+    assert x.shape == (3, 4) and bool(((x >= 0) & (x < p.K)).all())
+
+
+@covers(
+    "discrete.CategoricalDenoiser", "discrete.DENOISER_KINDS",
+    "process.CategoricalDenoiser.x0_probs",
+    "process.CategoricalDenoiser.concrete_score", "discrete.antithetic_times",
+    "discrete.masked_elbo_loss",
+    "discrete.score_entropy_loss", "discrete.d3pm_bound",
+)
+@SETTINGS
+@given(kind=d_kinds, sch=d_schedules, den_kind=st.sampled_from(DZ.DENOISER_KINDS),
+       t=times, seed=seeds)
+def test_discrete_denoiser_and_losses_are_never_nan(kind, sch, den_kind, t, seed):
+    den = d_denoiser(kind, sch, seed, den_kind)
+    p = den.process
+    x_t = d_tokens(seed, p.n_states)
+    x0 = d_tokens(seed + 1, p.K)
+    g = torch.Generator().manual_seed(seed)
+    if den_kind == "x0_logits" or kind == "absorbing":
+        probs = den.x0_probs(x_t, t)
+        assert torch.allclose(probs.sum(-1), torch.ones(3, 4, dtype=F64))
+    if t > 0:
+        d_finite_or_singular(lambda: den.concrete_score(x_t, t))
+    ts = DZ.antithetic_times(3, g, t_min=0.0)
+    assert bool(((ts >= 0) & (ts < 1)).all())
+    if kind == "absorbing":
+        v = den_kind == "x0_logits" or t < 1
+        out = d_finite_or_singular(lambda: DZ.masked_elbo_loss(den, x0, t, generator=g))
+        assert out is not None and bool((out >= 0).all())
+        out = d_finite_or_singular(lambda: DZ.score_entropy_loss(den, x0, ts,
+                                                                 generator=g))
+        assert out is not None or not v
+    elif den_kind == "x0_logits" or t < 1:
+        d_finite_or_singular(lambda: DZ.score_entropy_loss(den, x0, t, generator=g))
+    if den_kind == "x0_logits":
+        grid = sampling.time_grid(2, 1.0, 0.0)
+        d_finite_or_singular(lambda: DZ.d3pm_bound(den, x0, grid, generator=g))
+
+
+@covers("discrete.sample_ancestral", "discrete.sample_tau_leaping",
+        "discrete.sample_tweedie", "discrete.sample_confidence")
+@FEW
+@given(kind=d_kinds, sch=d_schedules, den_kind=st.sampled_from(DZ.DENOISER_KINDS),
+       n=st.integers(1, 4), t_end=st.sampled_from([0.0, 0.3]), seed=seeds,
+       final=st.booleans())
+def test_discrete_samplers_return_tokens(kind, sch, den_kind, n, t_end, seed, final):
+    den = d_denoiser(kind, sch, seed, den_kind)
+    p = den.process
+    x = d_tokens(seed, p.n_states)
+    ts = sampling.time_grid(n, 1.0, t_end) if t_end < 1 else None
+    samplers = [DZ.sample_ancestral, DZ.sample_tau_leaping, DZ.sample_tweedie]
+    if kind == "absorbing":
+        samplers.append(DZ.sample_confidence)
+    for sampler in samplers:
+        if den_kind == "concrete_score" and kind != "absorbing" and (
+            sampler is DZ.sample_ancestral
+        ):
+            continue  # needs clean-token probabilities
+        den.nfe = 0
+        out = d_finite_or_singular(lambda: sampler(
+            den, x, ts, final_argmax=final, generator=torch.Generator().manual_seed(0)
+        ))
+        if out is None:
+            continue
+        assert out.shape == x.shape and out.dtype == torch.int64
+        assert bool(((out >= 0) & (out < p.n_states)).all())
+        assert n <= den.nfe <= n + 1
+        if kind == "absorbing" and (t_end == 0.0 or final):
+            assert not bool((out == p.mask_index).any()), sampler
+
+
+def _discrete_bad_cases():
+    sch = DZ.LinearKeep()
+    p = DZ.DiscreteProcess.absorbing(D_K, sch)
+    den = DZ.CategoricalDenoiser(d_net(0, D_K), p)
+    x_t = d_tokens(0, p.n_states)
+    x0 = d_tokens(1, D_K)
+    w = torch.full((3, 4, D_K), 1 / D_K)
+    grid = sampling.time_grid(2, 1.0, 0.0)
+    bad_tok = st.one_of(
+        st.just(x0.float()), st.just(x0[0]), st.just(x0 + 10), st.just(-x0 - 1),
+        st.none(), st.text(max_size=3),
+    )
+    bad_t = st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).filter(
+            lambda v: not 0 <= v <= 1
+        ),
+        st.none(), st.booleans(), st.text(max_size=3),
+    )
+    bad_gen = st.one_of(st.integers(), st.text(max_size=3), st.booleans())
+    bad_flag = st.one_of(st.integers(), st.none(), st.text(max_size=3))
+    not_fn = st.one_of(st.integers(), st.none(), st.text(max_size=3))
+    return [
+        ("probs", st.sampled_from([-w, w * nan, torch.zeros(3, 2), "p", None]),
+         lambda v: DZ.sample_categorical(v)),
+        ("log", bad_flag, lambda v: DZ.sample_categorical(w, log=v)),
+        ("generator", bad_gen, lambda v: DZ.sample_categorical(w, v)),
+        ("eps", st.sampled_from([-0.1, 1.0, nan, "a", None]),
+         lambda v: DZ.LinearKeep(v)),
+        ("sigma_min", st.sampled_from([0.0, -1.0, nan, None, 50.0]),
+         lambda v: DZ.GeometricKeep(v, 20.0)),
+        ("t", bad_t, lambda v: sch.alpha(v)),
+        ("Q", st.sampled_from([torch.ones(2, 3), torch.ones(2, 2), -torch.eye(2),
+                               torch.tensor([[-1.0, 1.0], [1.0, -2.0]]), "Q", None]),
+         lambda v: DZ.DiscreteProcess(v, sch)),
+        ("schedule", st.one_of(st.none(), st.just(S.VPLinear()), st.integers()),
+         lambda v: DZ.DiscreteProcess.uniform(3, v)),
+        ("K", bad_counts_d(), lambda v: DZ.DiscreteProcess.uniform(v, sch)),
+        ("K", bad_counts_d(), lambda v: DZ.DiscreteProcess.absorbing(v, sch)),
+        ("s", bad_t, lambda v: p.transition(v, 0.5)),
+        ("t", bad_t, lambda v: p.transition(0.2, v)),
+        ("x0", bad_tok, lambda v: p.marginal(v, 0.5)),
+        ("t", bad_t, lambda v: p.marginal(x0, v)),
+        ("generator", bad_gen, lambda v: p.sample_xt(x0, 0.5, v)),
+        ("L", bad_counts_d(), lambda v: p.prior(v)),
+        ("x_t", bad_tok, lambda v: p.posterior(v, w, 0.2, 0.5)),
+        ("x0_probs", st.sampled_from([w * 2, w[:, :2], -w, "w", None,
+                                      torch.full((3, 4, 4), 0.25)]),
+         lambda v: p.posterior(x_t, v, 0.2, 0.5)),
+        ("s", st.sampled_from([0.5, 0.9, nan, None]),
+         lambda v: p.posterior(x_t, w, v, 0.5)),
+        ("x_t", bad_tok, lambda v: p.score_from_x0(v, w, 0.5)),
+        ("x0_probs", st.sampled_from([w * 2, -w, "w"]),
+         lambda v: p.reverse_rates(x_t, 0.5, v)),
+        ("score", st.sampled_from([-torch.ones(3, 4, 4), torch.ones(3, 4, 3), "s"]),
+         lambda v: p.reverse_rates(x_t, 0.5, score=v)),
+        ("fn", not_fn, lambda v: DZ.CategoricalDenoiser(v, p)),
+        ("process", st.one_of(st.none(), st.just(sch), st.integers()),
+         lambda v: DZ.CategoricalDenoiser(d_net(0, 3), v)),
+        ("kind", st.sampled_from(["eps", "x0", "", None]),
+         lambda v: DZ.CategoricalDenoiser(d_net(0, 3), p, v)),
+        ("x_t", bad_tok, lambda v: den.x0_probs(v, 0.5)),
+        ("t", bad_t, lambda v: den.concrete_score(x_t, v)),
+        ("n", bad_counts_d(), lambda v: DZ.antithetic_times(v)),
+        ("t_min", st.sampled_from([-0.1, 1.0, nan, None]),
+         lambda v: DZ.antithetic_times(4, t_min=v)),
+        ("denoiser", st.one_of(st.none(), st.just(p), st.just(DEN)),
+         lambda v: DZ.masked_elbo_loss(v, x0, 0.5)),
+        ("x0", bad_tok, lambda v: DZ.masked_elbo_loss(den, v, 0.5)),
+        ("t", bad_t, lambda v: DZ.masked_elbo_loss(den, x0, v)),
+        ("x_t", bad_tok.filter(lambda v: v is not None),  # None: drawn
+         lambda v: DZ.score_entropy_loss(den, x0, 0.5, x_t=v)),
+        ("generator", bad_gen, lambda v: DZ.score_entropy_loss(den, x0, 0.5,
+                                                                generator=v)),
+        ("ts", st.sampled_from([torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.5]),
+                                [1.0], "ts", None]),
+         lambda v: DZ.d3pm_bound(den, x0, v)),
+        ("denoiser", st.one_of(st.none(), st.just(DEN)),
+         lambda v: DZ.sample_ancestral(v, x_t, grid)),
+        ("x", bad_tok, lambda v: DZ.sample_tau_leaping(den, v, grid)),
+        ("ts", st.sampled_from([torch.tensor([0.0, 1.0]), [0.5], "ts", None]),
+         lambda v: DZ.sample_tweedie(den, x_t, v)),
+        ("final_argmax", bad_flag,
+         lambda v: DZ.sample_confidence(den, x_t, grid, final_argmax=v)),
+        ("temperature", st.sampled_from([-1.0, nan, inf, None]),
+         lambda v: DZ.sample_confidence(den, x_t, grid, temperature=v)),
+        ("generator", bad_gen, lambda v: DZ.sample_ancestral(den, x_t, grid,
+                                                              generator=v)),
+        ("callback", not_fn.filter(lambda v: v is not None),
+         lambda v: DZ.sample_tau_leaping(den, x_t, grid, callback=v)),
+    ]
+
+
+def bad_counts_d():
+    return st.one_of(st.integers(max_value=0), st.booleans(), st.floats(allow_nan=True),
+                     st.text(max_size=3), st.none())
+
+
+DISCRETE_BAD_LABELS = [
+    "probs", "log", "generator", "eps", "sigma_min", "t", "Q", "schedule", "K", "K",
+    "s", "t", "x0", "t", "generator", "L", "x_t", "x0_probs", "s", "x_t", "x0_probs",
+    "score", "fn", "process", "kind", "x_t", "t", "n", "t_min", "denoiser", "x0", "t",
+    "x_t", "generator", "ts", "denoiser", "x", "ts", "final_argmax", "temperature",
+    "generator", "callback",
+]
+
+
+@pytest.mark.parametrize(
+    "index", range(len(DISCRETE_BAD_LABELS)),
+    ids=[f"{i}-{a}" for i, a in enumerate(DISCRETE_BAD_LABELS)],
+)
+@FEW
+@given(data_=st.data())
+def test_discrete_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    _check_bad_case(_discrete_bad_cases()[index], DISCRETE_BAD_LABELS[index], data_)
+
+
+
+# === Part III: discrete oracle and data generators (helper 2 owns this section) ======
+
+
+def _tiny_hmm(seed: int, H: int = 2, K: int = 3, dtype=F64):
+    """A random HMM with some zero transitions and emissions (from ``seed``)."""
+    gen = torch.Generator().manual_seed(seed)
+    init = torch.rand(H, generator=gen, dtype=F64) + 0.1
+    T = torch.rand(H, H, generator=gen, dtype=F64) * (torch.rand(H, H, generator=gen)
+                                                       > 0.3)
+    T[:, 0] += 0.1  # every row keeps a positive entry
+    E = torch.rand(H, K, generator=gen, dtype=F64) * (torch.rand(H, K, generator=gen)
+                                                       > 0.3)
+    E[torch.arange(H), torch.arange(H) % K] += 0.1
+    norm = [init / init.sum(), T / T.sum(1, keepdim=True), E / E.sum(1, keepdim=True)]
+    return discrete.HMM(*[p.to(dtype) for p in norm])
+
+
+@covers(
+    "discrete.HMM",
+    "discrete.absorbing_likelihood",
+    "discrete.uniform_likelihood",
+    "oracle.HMM.sample",
+    "oracle.HMM.log_prob",
+    "oracle.HMM.is_valid",
+    "oracle.HMM.hidden_posterior",
+    "oracle.HMM.posterior",
+    "oracle.HMM.posterior_from_evidence",
+    "oracle.HMM.log_evidence",
+    "oracle.HMM.stationary",
+    "oracle.HMM.valid_bigrams",
+    "oracle.HMM.invalid_bigrams",
+    "oracle.HMM.invalid_bigram_rate",
+)
+@SETTINGS
+@given(
+    seed=seeds,
+    shape=st.sampled_from([(1, 2, 1), (2, 3, 2), (3, 4, 5)]),
+    alpha=times,
+    kind=st.sampled_from(["absorbing", "uniform"]),
+    dtype=st.sampled_from([F32, F64]),
+)
+def test_hmm_oracle_is_finite_and_normalised(seed, shape, alpha, kind, dtype):
+    H, K, L = shape
+    hmm = _tiny_hmm(seed, H, K, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    x, h = hmm.sample(3, L, gen)
+    assert x.dtype == h.dtype == torch.int64 and x.shape == h.shape == (3, L)
+    lp = hmm.log_prob(x)
+    assert all_finite(lp) and bool((lp <= 0).all()) and bool(hmm.is_valid(x).all())
+    hp = hmm.hidden_posterior(x)
+    assert all_finite(hp) and torch.allclose(hp.sum(-1), torch.ones(3, L, dtype=F64))
+    make = (discrete.absorbing_likelihood if kind == "absorbing"
+            else discrete.uniform_likelihood)
+    lik = make(K, alpha)
+    assert all_finite(lik) and torch.allclose(lik.sum(1), torch.ones(K, dtype=F64))
+    per_seq = make(K, torch.full((3,), alpha, dtype=dtype))
+    assert per_seq.shape == (3, *lik.shape) and all_finite(per_seq)
+    x_t = torch.where(torch.rand(3, L, generator=gen) < alpha, x,
+                      torch.full_like(x, K) if kind == "absorbing" else x.flip(-1))
+    if kind == "uniform" and alpha == 1.0:
+        x_t = x
+    post = hmm.posterior(x_t, lik)
+    assert all_finite(post) and post.shape == (3, L, K)
+    assert torch.allclose(post.sum(-1), torch.ones(3, L, dtype=F64))
+    assert all_finite(hmm.log_evidence(x_t, lik))
+    assert all_finite(hmm.posterior(x_t, per_seq))
+    ev = torch.rand(3, L, K, generator=gen, dtype=dtype) + 0.01
+    assert all_finite(hmm.posterior_from_evidence(ev))
+    mu = hmm.stationary()
+    assert all_finite(mu) and abs(float(mu.sum()) - 1) < 1e-9
+    valid = hmm.valid_bigrams()
+    assert valid.shape == (K, K) and len(hmm.invalid_bigrams()) == int((~valid).sum())
+    if L >= 2:
+        assert hmm.invalid_bigram_rate(x) == 0.0
+
+
+@covers(
+    "oracle.HMM.language",
+    "oracle.HMM.entropy",
+    "oracle.HMM.entropy_rate",
+    "oracle.HMM.enumerate_joint",
+    "data.hmm_language",
+)
+@FEW
+@given(
+    n_hidden=st.integers(1, 4),
+    vocab_size=st.integers(2, 8),
+    stay=st.one_of(st.just(0.0), st.floats(0.0, 0.99)),
+    seed=seeds,
+)
+def test_hmm_language_and_entropies_are_finite(n_hidden, vocab_size, stay, seed):
+    hmm = discrete.HMM.language(n_hidden, vocab_size, stay, min(3, vocab_size),
+                                min(1, n_hidden - 1), seed)
+    gen = torch.Generator().manual_seed(seed)
+    est, se = hmm.entropy(4, n=8, generator=gen)
+    rate, se_rate = hmm.entropy_rate(n=4, length=16, burn_in=4, generator=gen)
+    assert all_finite([est, se, rate, se_rate]) and min(est, se, rate, se_rate) >= 0
+    xs, logp = hmm.enumerate_joint(2)
+    assert xs.shape == (vocab_size**2, 2) and not bool(torch.isnan(logp).any())
+    assert abs(float(logp.exp().sum()) - 1) < 1e-9
+    x = data.hmm_language(4, 5, seed=seed, hmm=hmm)
+    assert x.shape == (4, 5) and bool(((x >= 0) & (x < vocab_size)).all())
+
+
+@covers(
+    "data.WORD_PAD",
+    "data.word_list",
+    "data.words",
+    "data.decode_words",
+    "data.is_word",
+)
+@FEW
+@given(
+    split=st.sampled_from(["train", "test", "all"]),
+    lengths=st.sampled_from([(1, 1), (3, 5), (2, 12)]),
+    fraction=st.floats(0.05, 0.95),
+    seed=seeds,
+)
+def test_words_are_tokens_of_dictionary_words(split, lengths, fraction, seed):
+    lo, hi = lengths
+    w = data.words(split, lo, hi, fraction, seed)
+    assert w.dtype == torch.int64 and w.shape[1] == hi and len(w) > 0
+    assert bool(((w >= 0) & (w <= data.WORD_PAD)).all())
+    strings = data.decode_words(w[:50])
+    assert bool(data.is_word(strings).all())
+    assert all(lo <= len(s) <= hi for s in strings)
+    assert set(strings) <= set(data.word_list(lo, hi))
+
+
+@covers(
+    "data.patch_codebook",
+    "data.patch_encode",
+    "data.patch_decode",
+    "data.digit_tokens",
+)
+@FEW
+@given(
+    split=st.sampled_from(["train", "test", "all"]),
+    config=st.sampled_from([(8, 2), (32, 2), (4, 1), (16, 4)]),
+)
+def test_digit_tokens_are_finite(split, config):
+    n_codes, patch = config
+    tok, y, cb = data.digit_tokens(split, n_codes, patch)
+    assert tok.dtype == torch.int64 and tok.shape == (len(y), (8 // patch) ** 2)
+    assert cb.shape == (n_codes, patch * patch) and all_finite(cb)
+    assert torch.equal(data.patch_codebook(n_codes, patch), cb)
+    img = data.patch_decode(tok, cb)
+    assert img.shape == (len(y), 1, 8, 8) and all_finite(img)
+    assert torch.equal(data.patch_encode(img, cb), tok)
+
+
+def _oracle_bad_cases():
+    """(function, argument, strategy of bad values, call) for the HMM oracle and the
+    Part III data generators."""
+    hmm = _tiny_hmm(0, 2, 3)
+    x = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    lik = discrete.absorbing_likelihood(3, 0.5)
+    init, T, E = hmm.initial, hmm.transition, hmm.emission
+    tok, _, cb = data.digit_tokens("test", 8, 2)
+    bad_tokens = st.one_of(
+        st.none(), st.text(max_size=3), st.just(x.tolist()), st.just(x.double()),
+        st.just(x > 0), st.just(x[0]), st.just(x[:0]), st.just(x + 3), st.just(-x - 1))
+    bad_stochastic = st.one_of(
+        st.none(), st.text(max_size=3), st.just(T * 2), st.just(-T), st.just(T[:1]),
+        st.just(T * nan), st.just(torch.ones(3, 3) / 3))
+    bad_prob = st.one_of(st.floats().filter(lambda v: not 0 <= v <= 1),
+                         st.sampled_from([nan, None, "0.5", True]))
+    return [
+        ("HMM", "initial", st.one_of(st.just(init * 2), st.just(-init),
+                                     st.just(init[:0]), st.just(init * inf), st.none()),
+         lambda v: discrete.HMM(v, T, E)),
+        ("HMM", "transition", bad_stochastic, lambda v: discrete.HMM(init, v, E)),
+        ("HMM", "emission", st.one_of(st.just(E * 2), st.just(-E), st.just(E[:1]),
+                                      st.just(E * nan), st.none()),
+         lambda v: discrete.HMM(init, T, v)),
+        ("language", "n_hidden", bad_counts, lambda v: discrete.HMM.language(v)),
+        ("language", "vocab_size", bad_counts,
+         lambda v: discrete.HMM.language(vocab_size=v)),
+        ("language", "stay", bad_fractions, lambda v: discrete.HMM.language(stay=v)),
+        ("language", "tokens_per_state", st.one_of(bad_counts, st.integers(25, 99)),
+         lambda v: discrete.HMM.language(tokens_per_state=v)),
+        ("language", "successors", st.one_of(
+            st.integers(6, 99), st.integers(max_value=-1), st.booleans(), st.none()),
+         lambda v: discrete.HMM.language(successors=v)),
+        ("language", "seed", bad_seeds, lambda v: discrete.HMM.language(seed=v)),
+        ("sample", "n", bad_counts, lambda v: hmm.sample(v, 3)),
+        ("sample", "length", bad_counts, lambda v: hmm.sample(2, v)),
+        ("sample", "generator", bad_generators, lambda v: hmm.sample(2, 3, v)),
+        ("log_prob", "tokens", bad_tokens, lambda v: hmm.log_prob(v)),
+        ("is_valid", "tokens", bad_tokens, lambda v: hmm.is_valid(v)),
+        ("hidden_posterior", "tokens", bad_tokens, lambda v: hmm.hidden_posterior(v)),
+        ("posterior", "x_t", st.one_of(bad_tokens, st.just(x + 4)),
+         lambda v: hmm.posterior(v, lik)),
+        ("posterior", "likelihood", st.one_of(
+            st.none(), st.just(lik[:2]), st.just(-lik), st.just(lik * nan),
+            st.just(lik[0])), lambda v: hmm.posterior(x, v)),
+        ("log_evidence", "likelihood", st.one_of(st.just(lik.T), st.just(lik * inf)),
+         lambda v: hmm.log_evidence(x, v)),
+        ("posterior_from_evidence", "evidence", st.one_of(
+            st.none(), st.just(lik), st.just(-torch.ones(1, 2, 3)),
+            st.just(torch.ones(1, 2, 4)), st.just(torch.full((1, 2, 3), nan))),
+         lambda v: hmm.posterior_from_evidence(v)),
+        ("invalid_bigram_rate", "tokens", st.one_of(bad_tokens, st.just(x[:, :1])),
+         lambda v: hmm.invalid_bigram_rate(v)),
+        ("entropy", "length", bad_counts, lambda v: hmm.entropy(v)),
+        ("entropy", "n", st.one_of(bad_counts, st.just(1)),
+         lambda v: hmm.entropy(3, v)),
+        ("entropy_rate", "burn_in", st.one_of(st.integers(max_value=-1),
+                                              st.integers(16, 99), st.none()),
+         lambda v: hmm.entropy_rate(4, 16, v)),
+        ("entropy_rate", "generator", bad_generators,
+         lambda v: hmm.entropy_rate(4, 16, 2, v)),
+        ("enumerate_joint", "length", st.one_of(bad_counts, st.integers(9, 99)),
+         lambda v: hmm.enumerate_joint(v)),
+        ("absorbing_likelihood", "alpha", st.one_of(
+            bad_prob, st.just(torch.tensor([0.5, 1.5])), st.just(torch.ones(2, 2)),
+            st.just(torch.tensor([nan])), st.just(torch.tensor([1, 0]))),
+         lambda v: discrete.absorbing_likelihood(3, v)),
+        ("posterior", "likelihood", st.just(lik.expand(3, 3, 4)),
+         lambda v: hmm.posterior(x, v)),
+        ("uniform_likelihood", "vocab_size", bad_counts,
+         lambda v: discrete.uniform_likelihood(v, 0.5)),
+        ("hmm_language", "n", bad_counts, lambda v: data.hmm_language(v)),
+        ("hmm_language", "seed", bad_seeds, lambda v: data.hmm_language(2, seed=v)),
+        ("hmm_language", "hmm", st.one_of(st.integers(), st.text(max_size=3)),
+         lambda v: data.hmm_language(2, hmm=v)),
+        ("words", "split", bad_options("train", "test", "all"),
+         lambda v: data.words(v)),
+        ("words", "max_length", st.one_of(st.just(2), bad_counts),
+         lambda v: data.words(min_length=3, max_length=v)),
+        ("word_list", "min_length", bad_counts, lambda v: data.word_list(v)),
+        ("decode_words", "tokens", st.one_of(
+            st.none(), st.just(x[0]), st.just(x.double()), st.just(x + 30)),
+         lambda v: data.decode_words(v)),
+        ("is_word", "strings", st.one_of(st.just("word"), st.just([1, 2]),
+                                         st.just(["a", None])),
+         lambda v: data.is_word(v)),
+        ("patch_codebook", "n_codes", st.one_of(bad_counts, st.integers(1025, 2000)),
+         lambda v: data.patch_codebook(v)),
+        ("patch_codebook", "patch", st.one_of(bad_counts, st.sampled_from([3, 5, 16])),
+         lambda v: data.patch_codebook(8, v)),
+        ("patch_encode", "images", st.one_of(
+            st.none(), st.just(torch.zeros(2, 1, 4, 4)), st.just(torch.zeros(2, 63)),
+            st.just(torch.full((2, 64), nan)),
+            st.just(torch.zeros(2, 64, dtype=torch.long))),
+         lambda v: data.patch_encode(v, cb)),
+        ("patch_encode", "codebook", st.one_of(
+            st.none(), st.just(cb[:, :3]), st.just(cb[0]), st.just(cb * nan)),
+         lambda v: data.patch_encode(torch.zeros(2, 64), v)),
+        ("patch_decode", "tokens", st.one_of(
+            st.none(), st.just(tok[:, :15]), st.just(tok.double()), st.just(tok + 8)),
+         lambda v: data.patch_decode(v, cb)),
+        ("digit_tokens", "split", bad_options("train", "test", "all"),
+         lambda v: data.digit_tokens(v)),
+    ]
+
+
+ORACLE_BAD_LABELS = [
+    "HMM-initial", "HMM-transition", "HMM-emission", "language-n_hidden",
+    "language-vocab_size", "language-stay", "language-tokens_per_state",
+    "language-successors", "language-seed", "sample-n", "sample-length",
+    "sample-generator", "log_prob-tokens", "is_valid-tokens",
+    "hidden_posterior-tokens", "posterior-x_t", "posterior-likelihood",
+    "log_evidence-likelihood", "posterior_from_evidence-evidence",
+    "invalid_bigram_rate-tokens", "entropy-length", "entropy-n",
+    "entropy_rate-burn_in", "entropy_rate-generator", "enumerate_joint-length",
+    "absorbing_likelihood-alpha", "posterior-likelihood",
+    "uniform_likelihood-vocab_size", "hmm_language-n",
+    "hmm_language-seed", "hmm_language-hmm", "words-split", "words-max_length",
+    "word_list-min_length", "decode_words-tokens", "is_word-strings",
+    "patch_codebook-n_codes", "patch_codebook-patch", "patch_encode-images",
+    "patch_encode-codebook", "patch_decode-tokens", "digit_tokens-split",
+]
+
+
+@pytest.mark.parametrize("index", range(len(ORACLE_BAD_LABELS)),
+                         ids=[f"{i}-{a}" for i, a in enumerate(ORACLE_BAD_LABELS)])
+@FEW
+@given(data_=st.data())
+def test_oracle_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    _check_bad_case(_oracle_bad_cases()[index], ORACLE_BAD_LABELS[index], data_)
+
+
+
+# === Part III: nets.TokenTransformer (helper 3 owns this section) ==========
+@lru_cache(maxsize=None)
+def token_net(positions, timed, causal, mask_token, out_dim=None):
+    torch.manual_seed(0)
+    return nets.TokenTransformer(
+        5, 6, out_dim, mask_token=mask_token, d_model=8, depth=2, heads=2,
+        mlp_ratio=2, positions=positions, time=timed, causal=causal,
+    )
+
+
+@covers("nets.TokenTransformer", "nets.TokenTransformer.forward",
+        "nets.TokenTransformer.extra_repr")
+@SETTINGS
+@given(seed=seeds, t=times, batch=st.integers(0, 3), length=st.integers(1, 6),
+       positions=st.sampled_from(["learned", "sinusoidal", None]),
+       timed=st.booleans(), causal=st.booleans(), mask_token=st.booleans(),
+       out_dim=st.sampled_from([None, 1, 6]),
+       t_shape=st.sampled_from(["scalar", "batch", "token", "none"]),
+       soft=st.sampled_from([None, F32, F64]),
+       scale=st.sampled_from([0.0, 1.0, 1e3]))
+def test_token_transformer_is_finite(seed, t, batch, length, positions, timed, causal,
+                                     mask_token, out_dim, t_shape, soft, scale):
+    net = token_net(positions, timed, causal, mask_token, out_dim)
+    V = net.in_vocab
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (batch, length), generator=gen)
+    if soft is not None:  # token weights: scaled probability vectors
+        w = torch.rand(batch, length, V, generator=gen, dtype=soft) + 0.01
+        x = scale * w / w.sum(-1, keepdim=True)
+    tt = {"scalar": t, "batch": torch.full((batch,), t),
+          "token": torch.rand(batch, length, generator=gen), "none": None}[t_shape]
+    if timed and tt is None:
+        tt = t
+    with torch.no_grad():
+        out = net(x, tt)
+    assert out.shape == (batch, length, out_dim or 5)
+    assert out.dtype == (soft or F32) and all_finite(out)
+    assert net.mask_index == (5 if mask_token else None)
+    assert "params=" in repr(net)
+
+
+TOK = torch.zeros(2, 6, dtype=torch.int64)
+TOKEN_BAD = [
+    ("TokenTransformer", "vocab_size", st.sampled_from([0, -1, 1.5, "5", None, True]),
+     lambda v: nets.TokenTransformer(v, 6)),
+    ("TokenTransformer", "seq_len", st.sampled_from([0, -1, 1.5, "6", None]),
+     lambda v: nets.TokenTransformer(5, v)),
+    ("TokenTransformer", "out_dim", st.sampled_from([0, -2, 2.5, "5"]),
+     lambda v: nets.TokenTransformer(5, 6, v)),
+    ("TokenTransformer", "mask_token", st.sampled_from([1, 0, "yes", None]),
+     lambda v: nets.TokenTransformer(5, 6, mask_token=v)),
+    ("TokenTransformer", "d_model", st.sampled_from([0, 7, 2.0, "64", None]),
+     lambda v: nets.TokenTransformer(5, 6, d_model=v)),
+    ("TokenTransformer", "depth", st.sampled_from([0, -1, 1.5, None]),
+     lambda v: nets.TokenTransformer(5, 6, depth=v)),
+    ("TokenTransformer", "heads", st.sampled_from([0, 3, 5, 1.0, None]),
+     lambda v: nets.TokenTransformer(5, 6, d_model=8, heads=v)),
+    ("TokenTransformer", "mlp_ratio", st.sampled_from([0, 1.5, "4", None]),
+     lambda v: nets.TokenTransformer(5, 6, mlp_ratio=v)),
+    ("TokenTransformer", "positions", st.sampled_from(["rope", "", 1, True]),
+     lambda v: nets.TokenTransformer(5, 6, positions=v)),
+    ("TokenTransformer", "time", st.sampled_from([1, "t", None]),
+     lambda v: nets.TokenTransformer(5, 6, time=v)),
+    ("TokenTransformer", "causal", st.sampled_from([1, "t", None]),
+     lambda v: nets.TokenTransformer(5, 6, causal=v)),
+    ("TokenTransformer.forward", "tokens",
+     st.sampled_from([None, "x", TOK.tolist(), TOK[0], TOK > 0, TOK + 5, TOK - 1,
+                      torch.zeros(2, 7, dtype=torch.int64), TOK[:, :0],
+                      torch.zeros(2, 6, 6), torch.full((2, 6, 5), nan),
+                      torch.zeros(2, 6, dtype=torch.complex64)]),
+     lambda v: token_net("learned", True, False, False)(v, 0.5)),
+    ("TokenTransformer.forward", "t",
+     st.sampled_from([None, -0.5, 1.5, nan, "t", True, torch.rand(3), torch.rand(2, 5),
+                      torch.full((2, 6), nan), torch.ones(2, 6, 1)]),
+     lambda v: token_net("learned", True, False, False)(TOK, v)),
+]
+
+
+@pytest.mark.parametrize(
+    "label, arg, values, call", TOKEN_BAD, ids=[f"{b[0]}-{b[1]}" for b in TOKEN_BAD]
+)
+@FEW
+@given(data_=st.data())
+def test_token_transformer_bad_input_names_the_argument(label, arg, values, call,
+                                                        data_):
+    value = data_.draw(values, label=arg)
+    with pytest.raises(ValueError) as info:
+        call(value)
+    assert _names_argument(str(info.value), arg), (label, arg, value, str(info.value))
+
+
 # === coverage of the public API =======================================================
 MODULES = {
     "schedules": S,
@@ -2393,6 +3058,7 @@ MODULES = {
     "consistency": consistency,
     "lora": lora,
     "quant": quant,
+    "discrete": discrete,
 }
 # not functions: constants, containers and exceptions; and what cannot run on a CPU in
 # a unit test or needs the network (each is tested in its module's own tests)
