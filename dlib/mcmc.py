@@ -357,12 +357,9 @@ def sample_dlg(
         x, level = chain.x, chain.level
         start = sig.to(x.device)[chain.level_low]
         grid = karras_levels(start.cpu(), end, n_steps, rho)
-        outs.append(_solve(denoiser, chain.x_low, grid, method))
+        outs.append(sample_from_levels(denoiser, chain.x_low, grid, method=method))
         starts.append(start)
     per = (denoiser.nfe - nfe0) / n_rounds
     return DLGResult(torch.stack(outs), torch.stack(starts), chain, per,
                      n_cls / n_rounds)
 
-
-def _solve(denoiser, x, grid, method):
-    return sample_from_levels(denoiser, x, grid, method=method)

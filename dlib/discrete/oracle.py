@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .. import _checks as C
-from .process import sample_categorical
+from .process import _keep_or_jump, sample_categorical
 
 __all__ = ["HMM", "absorbing_likelihood", "uniform_likelihood"]
 
@@ -98,11 +98,7 @@ def absorbing_likelihood(vocab_size: int, alpha) -> torch.Tensor:
     $1-\alpha$ in the last column (the mask, index K), zero elsewhere. Float64.
     A (B,) tensor ``alpha`` gives one matrix per batch element, (B, K, K + 1)."""
     K = C.positive_int(vocab_size, "vocab_size")
-    a = _alpha(alpha)
-    eye = torch.eye(K, K + 1, dtype=_F64)
-    mask = torch.zeros(K, K + 1, dtype=_F64)
-    mask[:, K] = 1.0
-    return a * eye + (1.0 - a) * mask
+    return _keep_or_jump("absorbing", _alpha(alpha), K + 1)[..., :K, :]
 
 
 def uniform_likelihood(vocab_size: int, alpha) -> torch.Tensor:
@@ -110,8 +106,7 @@ def uniform_likelihood(vocab_size: int, alpha) -> torch.Tensor:
     keep-probability ``alpha``: $\alpha\,\delta_{x_0x_t} + (1-\alpha)/K$. Float64.
     A (B,) tensor ``alpha`` gives one matrix per batch element, (B, K, K)."""
     K = C.positive_int(vocab_size, "vocab_size")
-    a = _alpha(alpha)
-    return a * torch.eye(K, dtype=_F64) + (1.0 - a) / K
+    return _keep_or_jump("uniform", _alpha(alpha), K)
 
 
 class HMM:

@@ -219,6 +219,20 @@ def _tokens(x, name: str, n_states: int) -> torch.Tensor:
     return x
 
 
+def _keep_or_jump(kind: str, a: torch.Tensor, n: int) -> torch.Tensor:
+    r"""The closed-form transition of the uniform and absorbing chains over n states
+    with keep-probability ``a`` (broadcast against (n, n)): $aI+(1-a)J$ with
+    $J=\tfrac1n\mathbf 1\mathbf 1^\top$ (uniform) or $J=\mathbf 1e_{n-1}^\top$ (every
+    state jumps to the mask, the last state). The one home of this formula:
+    :meth:`DiscreteProcess.transition` and the oracle's per-token likelihoods use it."""
+    eye = torch.eye(n, dtype=F64)
+    if kind == "uniform":
+        return a * eye + (1 - a) / n
+    jump = torch.zeros(n, n, dtype=F64)
+    jump[:, n - 1] = 1.0
+    return a * eye + (1 - a) * jump
+
+
 class DiscreteProcess:
     r"""A per-token continuous-time Markov chain $q(x_t\mid x_0)=
     e_{x_0}^\top\exp(\bar\sigma(t)Q)$ with rate matrix ``Q`` (row convention, rows sum
@@ -280,15 +294,9 @@ class DiscreteProcess:
         r"""$\exp((\bar\sigma(t)-\bar\sigma(s))Q)$, shape (..., n, n)."""
         a_s, a_t = self.schedule._alpha(s), self.schedule._alpha(t)
         n = self.n_states
-        eye = torch.eye(n, dtype=F64)
         if self.kind in ("uniform", "absorbing"):
             a = torch.where(a_s > 0, a_t / a_s.clamp(min=1e-300), torch.zeros_like(a_t))
-            a = a[..., None, None]
-            if self.kind == "uniform":
-                return a * eye + (1 - a) / n
-            jump = torch.zeros(n, n, dtype=F64)
-            jump[:, self.mask_index] = 1.0
-            return a * eye + (1 - a) * jump
+            return _keep_or_jump(self.kind, a[..., None, None], n)
         tau = -torch.log(a_t) + torch.log(a_s)
         if not bool(torch.isfinite(tau).all()):
             raise ValueError(
