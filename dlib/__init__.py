@@ -23,6 +23,7 @@ from . import (  # noqa: E402,F401
     mcmc,
     metrics,
     nets,
+    operators,
     ot,
     param,
     plot,
