@@ -53,6 +53,8 @@ __all__ = [
     "patch_encode",
     "patch_decode",
     "digit_tokens",
+    "countdown",
+    "countdown_error",
 ]
 
 
@@ -461,3 +463,76 @@ def digit_tokens(
     codebook = patch_codebook(n_codes, patch, seed, test_fraction)
     x, y = digits(split, seed=seed, test_fraction=test_fraction)
     return patch_encode(x, codebook), y, codebook
+
+
+# --- chapter III.2: the countdown task of Jump-Your-Steps / LSD -----------------------
+def countdown(
+    n: int, length: int = 64, values: int = 16, seed: int = 0
+) -> torch.Tensor:
+    """``n`` countdown sequences (n, length) int64 with tokens in ``0..values-1``
+    (chapter III.2): each row concatenates runs ``k, k-1, ..., 0`` whose start ``k``
+    is uniform in ``0..values-1``, truncated to ``length`` (the synthetic task of
+    Jump-Your-Steps, reused by LSD). A ``torch.Generator`` seeded by ``seed`` makes
+    it deterministic. Validity is exact: see :func:`countdown_error`."""
+    n = C.positive_int(n, "n")
+    length = C.positive_int(length, "length")
+    values = C.positive_int(values, "values", minimum=2)
+    seed = C.seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    # at most `length` runs cover a row; run r has start k_r and ends at ends[r]
+    k = torch.randint(0, values, (n, length), generator=gen)
+    ends = torch.cumsum(k + 1, dim=1)  # exclusive end position of each run
+    pos = torch.arange(length).expand(n, length).contiguous()
+    run = torch.searchsorted(ends, pos, right=True)
+    start = ends.gather(1, run) - (k.gather(1, run) + 1)
+    return k.gather(1, run) - (pos - start)
+
+
+def countdown_error(
+    tokens: torch.Tensor, *, values: int | None = None, reference: bool = False
+) -> torch.Tensor:
+    r"""The countdown error rate per row, float64 (n,) (chapter III.2): the fraction
+    of positions $\ell\ge1$ that break the rule "after a nonzero token $v$ comes
+    $v-1$" (after a 0 any token may follow; the first token is free). With
+    ``values`` given, a token outside ``0..values-1`` (a left-over mask) at
+    $\ell\ge1$ always counts as an error.
+    ``reference=True`` reproduces the checker of the Jump-Your-Steps code as the
+    LSD card describes it: after a checked pair whose left token is nonzero the
+    checker forgets its state, so inside a run only every other pair is checked;
+    the rate is then over the checked pairs."""
+    if not torch.is_tensor(tokens) or tokens.dim() != 2 or tokens.dtype != torch.int64:
+        got = (f"dtype {tokens.dtype}, shape {tuple(tokens.shape)}"
+               if torch.is_tensor(tokens) else type(tokens).__name__)
+        raise ValueError(f"tokens must be an int64 tensor (n, length); got {got}")
+    if tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(
+            f"tokens must have at least one row and length >= 2; got shape "
+            f"{tuple(tokens.shape)}"
+        )
+    if bool((tokens < 0).any()):
+        raise ValueError("tokens must be non-negative (clean tokens or a mask index)")
+    reference = C.flag(reference, "reference")
+    if values is not None:
+        values = C.positive_int(values, "values", minimum=2)
+    left, right = tokens[:, :-1], tokens[:, 1:]
+    bad = (left > 0) & (right != left - 1)
+    if values is not None:
+        bad = bad | (right >= values)
+    if not reference:
+        return bad.to(torch.float64).mean(1)
+    x = tokens.tolist()
+    out = []
+    for row in x:
+        prev, checks, errors = None, 0, 0
+        for v in row:
+            if prev is None:
+                prev = v
+                continue
+            checks += 1
+            if prev > 0 or (values is not None and v >= values):
+                errors += int(v != prev - 1 or (values is not None and v >= values))
+                prev = None  # the reference checker's reset
+            else:
+                prev = v
+        out.append(errors / checks)
+    return torch.tensor(out, dtype=torch.float64)

@@ -506,3 +506,65 @@ def test_reverse_rates_are_the_time_reversal_by_enumeration(index):
                 p_t[index_of[tuple(z)]] / p_t[index_of[tuple(x)]]
             )
             assert abs(float(rates[b, pos, y]) - ref) < 1e-9 * (1 + ref), (x, pos, y)
+
+
+# --- additions of chapter III.1: one network call for a batch of times ----------------
+@pytest.mark.parametrize("index", [0, 2])  # uniform, general Q
+def test_score_entropy_with_many_times_is_one_call_and_matches_row_by_row(index):
+    """score_entropy_loss with a (B,) tensor of different times makes ONE call of the
+    network and equals the loss evaluated row by row at each row's own time."""
+    process = processes()[index]
+    calls = []
+
+    def fn(x_t, t):  # a fixed (wrong) time-dependent model
+        calls.append(t.clone())
+        ks, ls = torch.arange(K, dtype=F64), torch.arange(x_t.shape[1], dtype=F64)
+        base = torch.sin(1.3 * x_t[..., None].to(F64) + 0.7 * ks + 0.4 * ls[:, None])
+        return base * (1 + t.to(F64)[:, None, None])
+
+    den = D.CategoricalDenoiser(fn, process)
+    x0 = SEQS[[0, 5, 13, 26, 7, 19]]
+    t = torch.tensor([0.1, 0.25, 0.4, 0.55, 0.7, 0.85], dtype=F64)
+    x_t = process.sample_xt(x0, t, gen(3))
+    batched = D.score_entropy_loss(den, x0, t, x_t=x_t)
+    assert len(calls) == 1 and den.nfe == 1 and calls[0].shape == (6,)
+    rows = torch.cat([D.score_entropy_loss(den, x0[i:i + 1], float(t[i]),
+                                           x_t=x_t[i:i + 1]) for i in range(6)])
+    assert torch.allclose(batched, rows, rtol=1e-6, atol=1e-9)  # float32 times
+    assert bool((batched >= 0).all())
+
+
+def test_score_from_x0_with_a_batch_of_times_matches_scalar_times():
+    process = processes()[0]
+    x_t = SEQS[[1, 8, 20]]
+    w = torch.softmax(torch.randn(3, L, K, generator=gen(4), dtype=F64), -1)
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=F64)
+    batched = process._score_from_x0(x_t, w, t)
+    for i in range(3):
+        one = process.score_from_x0(x_t[i:i + 1], w[i:i + 1], float(t[i]))
+        assert torch.allclose(batched[i:i + 1], one, rtol=1e-12, atol=0)
+
+
+def test_uniform_score_entropy_bound_of_the_exact_posterior_is_the_nll():
+    """The uniform chain's bound (DWDSE + prior term) with the exact posterior equals
+    -log p(x0): Monte Carlo over antithetic times, within 4 standard errors."""
+    process = D.DiscreteProcess.uniform(K, D.LinearKeep(1e-3))
+    onehot = torch.nn.functional.one_hot(SEQS, K).to(F64)  # (27, L, K)
+
+    def fn(x_t, t):  # the exact posterior, row by row at each row's own time
+        w = torch.cat([posterior_weights(process, x_t[b:b + 1], float(t[b]))
+                       for b in range(len(t))])
+        return torch.log(torch.einsum("bs,slk->blk", w, onehot).clamp(min=1e-300))
+
+    den = D.CategoricalDenoiser(fn, process)
+    i = int(P.argmax())
+    n = 3000
+    x0 = SEQS[i][None].expand(n, L).contiguous()
+    # times exact in float32, the dtype in which the model receives them
+    t = D.antithetic_times(n, gen(7), t_min=0.0).float().double()
+    est = D.score_entropy_loss(den, x0, t, generator=gen(8))
+    assert den.nfe == 1
+    q1 = process.transition(0.0, 1.0)[0]
+    prior = L * float((q1 * (q1 * K).log()).sum())
+    se = float(est.std()) / math.sqrt(n)
+    assert abs(float(est.mean()) + prior - nll(i)) < 4 * se + 1e-9

@@ -3037,12 +3037,346 @@ def test_token_transformer_bad_input_names_the_argument(label, arg, values, call
 
 
 # === chapter III.1: discrete foundations additions (III.1 helper owns this section) ===
+@covers("discrete.score_entropy_loss")
+@SETTINGS
+@given(kind=st.sampled_from(["uniform", "general"]), sch=d_schedules,
+       den_kind=st.sampled_from(DZ.DENOISER_KINDS), seed=seeds,
+       t_min=st.sampled_from([0.0, 1e-3, 0.5]))
+def test_score_entropy_with_a_batch_of_times_is_one_call_and_never_nan(
+    kind, sch, den_kind, seed, t_min
+):
+    """Chapter III.1 trains the uniform chain with one time per sequence: one network
+    call for the batch; the loss is finite and >= 0, or a ValueError that names the
+    singular time (never NaN)."""
+    den = d_denoiser(kind, sch, seed, den_kind)
+    x0 = d_tokens(seed + 1, den.process.K)
+    g = torch.Generator().manual_seed(seed)
+    ts = DZ.antithetic_times(3, g, t_min=t_min)
+    out = d_finite_or_singular(lambda: DZ.score_entropy_loss(den, x0, ts, generator=g))
+    if out is not None:
+        assert out.shape == (3,) and bool((out >= -1e-9).all())
+        assert den.nfe == 1
+    with pytest.raises(ValueError, match=r"\bt\b"):
+        DZ.score_entropy_loss(den, x0, torch.full((2,), 0.5), generator=g)
+
 
 
 # === chapter III.2: dlib.discrete.lsd and the countdown data (III.2 helper owns this) =
 
+def lsd_denoiser(seed, K=3):
+    """A small context-dependent absorbing model (logits from the left neighbour)."""
+    emb = torch.randn(K + 1, K, generator=torch.Generator().manual_seed(seed))
+
+    def fn(x, t):
+        return emb[torch.nn.functional.pad(x[:, :-1], (1, 0), value=K)]
+
+    return discrete.CategoricalDenoiser(
+        fn, discrete.DiscreteProcess.absorbing(K, discrete.LinearKeep(1e-3)))
+
+
+@covers("data.countdown", "data.countdown_error")
+@FEW
+@given(n=st.integers(1, 5), length=st.integers(2, 12), values=st.integers(2, 9),
+       seed=seeds, reference=st.booleans())
+def test_countdown_is_valid_and_its_error_is_a_rate(n, length, values, seed,
+                                                     reference):
+    x = data.countdown(n, length, values, seed=seed)
+    assert x.shape == (n, length) and x.dtype == torch.int64
+    assert bool(((x >= 0) & (x < values)).all())
+    assert torch.equal(data.countdown_error(x, reference=reference),
+                       torch.zeros(n, dtype=F64))
+    noisy = (x + torch.randint(0, 2, x.shape,
+                               generator=torch.Generator().manual_seed(seed))) % (
+        values + 1)
+    e = data.countdown_error(noisy, values=values, reference=reference)
+    assert e.shape == (n,) and all_finite(e) and bool(((e >= 0) & (e <= 1)).all())
+
+
+@covers("discrete.lsd_noise", "discrete.sample_lsd", "discrete.step_times",
+        "discrete.least_squares_factor", "discrete.distill_lsd", "discrete.LSDResult")
+@FEW
+@given(seed=seeds, M=st.integers(1, 4), exponent=st.booleans(),
+       final=st.booleans(), scale=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+       theta_scale=st.sampled_from([0.0, 1.0, 30.0]),
+       t_end=st.sampled_from([0.0, 1e-3, 0.5]))
+def test_lsd_pieces_are_finite(seed, M, exponent, final, scale, theta_scale, t_end):
+    den = lsd_denoiser(seed)
+    g = torch.Generator().manual_seed(seed)
+    u, gum = discrete.lsd_noise((2, 5), 3, g)
+    assert all_finite(u) and all_finite(gum) and u.dtype == gum.dtype == F64
+    theta = theta_scale * torch.randn(M, generator=g, dtype=F64)
+    ts = discrete.step_times(theta, t_end=t_end)
+    assert ts.shape == (M + 1,) and all_finite(ts) and ts[-1].item() == t_end
+    assert bool((ts[1:] < ts[:-1]).all()) and ts[0].item() == 1.0
+    x = torch.full((2, 5), 3)
+    out = discrete.sample_lsd(den, x, ts, torch.full((M,), scale), noise=(u, gum),
+                              exponent=exponent, final_argmax=final)
+    assert out.shape == x.shape and bool(((out >= 0) & (out <= 3)).all())
+    if final or t_end == 0.0:
+        assert not bool((out == 3).any())
+    a = discrete.least_squares_factor(torch.randn(4, generator=g),
+                                      scale * torch.randn(4, generator=g))
+    assert all_finite(a)
+    res = discrete.distill_lsd(den, M, 5, batch_size=4, teacher_substeps=2,
+                               iters=int(seed % 2), learn_times=bool(seed % 2),
+                               relax=0.2 * (seed % 3 == 0), generator=g)
+    assert isinstance(res, discrete.LSDResult)
+    assert all_finite(res.factors) and all_finite(res.ts) and all_finite(
+        res.closed_form)
+    assert res.factors.shape == (M,) and res.ts.shape == (M + 1,)
+
+
+def _lsd_bad_cases():
+    den = lsd_denoiser(0)
+    x = torch.full((2, 5), 3)
+    grid = [1.0, 0.5, 0.0]
+    noise = discrete.lsd_noise((2, 5), 3, torch.Generator().manual_seed(0))
+    uniform_den = discrete.CategoricalDenoiser(
+        lambda x_, t: torch.zeros(x_.shape + (3,)),
+        discrete.DiscreteProcess.uniform(3, discrete.LinearKeep(1e-3)))
+    counts = st.one_of(st.integers(max_value=0), st.booleans(), st.none(),
+                       st.text(max_size=2), st.floats(allow_nan=True))
+    return [
+        ("countdown", "n", counts, lambda v: data.countdown(v)),
+        ("countdown", "length", counts, lambda v: data.countdown(2, v)),
+        ("countdown", "values", st.sampled_from([1, 0, -3, 2.5, None, True]),
+         lambda v: data.countdown(2, 8, v)),
+        ("countdown", "seed", st.sampled_from([-1, 2**40, 1.5, None, "s"]),
+         lambda v: data.countdown(2, seed=v)),
+        ("countdown_error", "tokens",
+         st.sampled_from([None, "x", [[1, 0]], torch.zeros(3, 4),
+                          torch.zeros(4, dtype=torch.int64), torch.zeros(
+                              0, 4, dtype=torch.int64), torch.zeros(
+                              3, 1, dtype=torch.int64), -torch.ones(
+                              2, 3, dtype=torch.int64)]),
+         lambda v: data.countdown_error(v)),
+        ("countdown_error", "values", st.sampled_from([1, 0, 2.5, "8", True]),
+         lambda v: data.countdown_error(x, values=v)),
+        ("countdown_error", "reference", st.sampled_from([1, "yes", None]),
+         lambda v: data.countdown_error(x, reference=v)),
+        ("lsd_noise", "shape", st.sampled_from([(2,), (2, 0), "ab", None, (2, 2.5),
+                                                (True, 3), (1, 2, 3)]),
+         lambda v: discrete.lsd_noise(v, 3)),
+        ("lsd_noise", "K", counts, lambda v: discrete.lsd_noise((2, 5), v)),
+        ("sample_lsd", "denoiser", st.sampled_from([None, "den", uniform_den]),
+         lambda v: discrete.sample_lsd(v, x, grid)),
+        ("sample_lsd", "x", st.sampled_from([None, x.float(), x[0], x + 5, -x]),
+         lambda v: discrete.sample_lsd(den, v, grid)),
+        ("sample_lsd", "ts", st.sampled_from([None, [0.0, 1.0], [1.0], [1.5, 0.0],
+                                              [1.0, nan], "ts"]),
+         lambda v: discrete.sample_lsd(den, x, v)),
+        ("sample_lsd", "factors", st.sampled_from([[1.0], [1.0, -1.0], [nan, 1.0],
+                                                   "f", torch.ones(2, 2)]),
+         lambda v: discrete.sample_lsd(den, x, grid, v)),
+        ("sample_lsd", "noise", st.sampled_from([(noise[0],), (noise[0][:1], noise[1]),
+                                                 (noise[0].float(), noise[1].float()),
+                                                 (noise[0] + 2, noise[1]), "n"]),
+         lambda v: discrete.sample_lsd(den, x, grid, noise=v)),
+        ("sample_lsd", "exponent", st.sampled_from([1, "yes", None]),
+         lambda v: discrete.sample_lsd(den, x, grid, exponent=v)),
+        ("step_times", "params", st.sampled_from([None, torch.zeros(0), torch.zeros(
+            2, 2), torch.tensor([nan, 0.0]), torch.zeros(3, dtype=torch.int64), "p"]),
+         lambda v: discrete.step_times(v)),
+        ("step_times", "t_end", st.sampled_from([1.0, 1.5, -0.1, nan, "t", None]),
+         lambda v: discrete.step_times(torch.zeros(3), t_end=v)),
+        ("least_squares_factor", "target", st.sampled_from([None, torch.zeros(3),
+                                                            torch.full((4,), nan)]),
+         lambda v: discrete.least_squares_factor(v, torch.ones(4))),
+        ("least_squares_factor", "student", st.sampled_from([None, "s", torch.full(
+            (4,), inf)]),
+         lambda v: discrete.least_squares_factor(torch.ones(4), v)),
+        ("distill_lsd", "denoiser", st.sampled_from([None, uniform_den]),
+         lambda v: discrete.distill_lsd(v, 2, 5)),
+        ("distill_lsd", "steps", counts, lambda v: discrete.distill_lsd(den, v, 5)),
+        ("distill_lsd", "length", counts, lambda v: discrete.distill_lsd(den, 2, v)),
+        ("distill_lsd", "teacher_substeps", counts,
+         lambda v: discrete.distill_lsd(den, 2, 5, teacher_substeps=v)),
+        ("distill_lsd", "batch_size", counts,
+         lambda v: discrete.distill_lsd(den, 2, 5, batch_size=v)),
+        ("distill_lsd", "iters", st.sampled_from([-1, 1.5, None, "3"]),
+         lambda v: discrete.distill_lsd(den, 2, 5, iters=v)),
+        ("distill_lsd", "lr", st.sampled_from([0.0, -1.0, nan, None, "lr"]),
+         lambda v: discrete.distill_lsd(den, 2, 5, iters=1, lr=v)),
+        ("distill_lsd", "relax", st.sampled_from([-0.1, 1.5, nan, None, "r"]),
+         lambda v: discrete.distill_lsd(den, 2, 5, relax=v)),
+        ("distill_lsd", "learn_times", st.sampled_from([1, "yes", None, True]),
+         lambda v: discrete.distill_lsd(den, 2, 5, learn_times=v)),
+    ]
+
+
+LSD_BAD = _lsd_bad_cases()
+
+
+@pytest.mark.parametrize("case", LSD_BAD, ids=[f"{c[0]}-{c[1]}" for c in LSD_BAD])
+@FEW
+@given(data_=st.data())
+def test_lsd_bad_input_names_the_argument(case, data_):
+    _check_bad_case(case, f"{case[0]}-{case[1]}", data_)
+
+
 
 # === chapter III.3: dlib.discrete.aps (III.3 helper owns this section) ================
+APS_OPERATORS = [operators.Downsample(2), operators.Downsample(4),
+                 operators.BoxInpaint(1, 2, 3), operators.GaussianBlur(0.8),
+                 operators.GaussianBlur(1.3, radius=1), operators.TanhBlur(2.0, 0.7)]
+
+
+@covers("operators.Operator", "operators.Operator.adjoint", "operators.Downsample",
+        "operators.BoxInpaint", "operators.BoxInpaint.mask", "operators.GaussianBlur",
+        "operators.GaussianBlur.kernel", "operators.TanhBlur", "operators.measure",
+        "operators.residual_loss")
+@SETTINGS
+@given(seed=seeds, op=st.sampled_from(APS_OPERATORS), batch=st.integers(0, 3),
+       channels=st.integers(1, 3), dtype=dtypes,
+       scale=st.sampled_from([0.0, 1.0, 1e3]),
+       sigma_y=st.sampled_from([0.0, 1e-3, 0.1, 10.0]))
+def test_operators_are_finite(seed, op, batch, channels, dtype, scale, sigma_y):
+    x = scale * randn(seed, batch, channels, 8, 8, dtype=dtype)
+    y = op(x)
+    assert y.dtype == dtype and all_finite(y) and y.shape[:2] == x.shape[:2]
+    g = torch.Generator().manual_seed(seed)
+    noisy = operators.measure(op, x, sigma_y, g)
+    assert noisy.shape == y.shape and all_finite(noisy)
+    loss = operators.residual_loss(op, x, noisy, max(sigma_y, 1e-3))
+    assert loss.shape == (batch,) and all_finite(loss) and bool((loss >= 0).all())
+    if op.linear:
+        back = op.adjoint(y)
+        assert back.shape == x.shape and all_finite(back)
+    if isinstance(op, operators.BoxInpaint):
+        assert set(op.mask(x).unique().tolist()) <= {0.0, 1.0}
+    if isinstance(op, operators.GaussianBlur):
+        assert abs(float(op.kernel(dtype).sum()) - 1) < 1e-5
+    assert isinstance(repr(op), str)
+
+
+@lru_cache(maxsize=None)
+def _aps_setup():
+    _, _, cb = data.digit_tokens("test")
+    table = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    proc = discrete.DiscreteProcess.absorbing(32, discrete.LinearKeep())
+    den = discrete.CategoricalDenoiser(lambda x, t: 3.0 * table.expand(len(x), -1, -1),
+                                       proc)
+    return cb, den
+
+
+@covers("discrete.GUIDANCE", "discrete.REMASKING", "discrete.CANDIDATES",
+        "discrete.decode_patches", "discrete.nearest_code",
+        "discrete.expected_embedding", "discrete.guide_logits",
+        "discrete.sample_aps", "discrete.sample_best_of_n")
+@FEW
+@given(seed=seeds, batch=st.integers(1, 3), scale=st.sampled_from([0.0, 1.0, 1e3]),
+       guidance=st.sampled_from(discrete.GUIDANCE),
+       remask=st.sampled_from(discrete.REMASKING),
+       candidate=st.sampled_from(discrete.CANDIDATES),
+       steps=st.integers(0, 3), kl_weight=st.sampled_from([0.0, 1.0, 1e3]))
+def test_aps_is_finite(seed, batch, scale, guidance, remask, candidate, steps,
+                       kl_weight):
+    cb, den = _aps_setup()
+    logits = scale * randn(seed, batch, 16, 32, dtype=F64)
+    probs = torch.softmax(logits, -1)
+    for quantize in (True, False):
+        v = discrete.expected_embedding(probs, cb, quantize=quantize)
+        assert v.shape == (batch, 16, 4) and all_finite(v)
+    img = discrete.decode_patches(v)
+    assert img.shape == (batch, 1, 8, 8) and all_finite(img)
+    k = discrete.nearest_code(v, cb)
+    assert k.shape == (batch, 16) and bool(((k >= 0) & (k < 32)).all())
+    y = operators.Downsample(2)(img).detach() + 0.1
+
+    def energy(e):
+        return operators.residual_loss(operators.Downsample(2),
+                                       discrete.decode_patches(e), y, 0.1)
+
+    z, hist = discrete.guide_logits(logits, energy, cb, guidance=guidance,
+                                    steps=steps, kl_weight=kl_weight)
+    assert z.shape == logits.shape and all_finite(z) and all(map(math.isfinite, hist))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((batch, 16), 32)
+    out = discrete.sample_aps(den, x, [1.0, 0.6, 0.0], energy=energy, codebook=cb,
+                              guidance=guidance, remask=remask, candidate=candidate,
+                              inner_steps=steps, kl_weight=kl_weight, generator=g)
+    assert out.shape == x.shape and bool(((out >= 0) & (out < 32)).all())
+    best = discrete.sample_best_of_n(den, x, [1.0, 0.0], energy=energy, codebook=cb,
+                                     n=2, generator=g)
+    assert best.shape == x.shape and bool(((best >= 0) & (best < 32)).all())
+
+
+def _aps_bad_cases():
+    cb, den = _aps_setup()
+    x = torch.full((2, 16), 32)
+    img = torch.zeros(2, 1, 8, 8)
+
+    def energy(e):
+        return e.sum((1, 2))
+
+    def run(**kw):
+        args = dict(energy=energy, codebook=cb)
+        args.update(kw)
+        return discrete.sample_aps(den, x, [1.0, 0.0], **args)
+
+    return [
+        ("Downsample", "factor", bad_counts, lambda v: operators.Downsample(v)),
+        ("BoxInpaint", "size", bad_counts, lambda v: operators.BoxInpaint(0, 0, v)),
+        ("GaussianBlur", "sigma", bad_positive, lambda v: operators.GaussianBlur(v)),
+        ("TanhBlur", "gain", bad_positive, lambda v: operators.TanhBlur(v)),
+        ("Operator", "x", st.sampled_from([None, torch.zeros(2, 8, 8),
+                                           torch.zeros(1, 1, 8, 4),
+                                           torch.zeros(1, 1, 8, 8, dtype=torch.long),
+                                           torch.full((1, 1, 8, 8), nan)]),
+         lambda v: operators.GaussianBlur(1.0)(v)),
+        ("measure", "sigma_y", st.sampled_from([-1.0, nan, inf, "0.1", None]),
+         lambda v: operators.measure(operators.Downsample(2), img, v)),
+        ("measure", "operator", st.sampled_from([None, "blur", lambda z: z]),
+         lambda v: operators.measure(v, img, 0.1)),
+        ("residual_loss", "y", st.sampled_from([None, torch.zeros(2, 1, 8, 8)]),
+         lambda v: operators.residual_loss(operators.Downsample(2), img, v, 0.1)),
+        ("decode_patches", "e", st.sampled_from([None, torch.zeros(2, 15, 4),
+                                                 torch.zeros(2, 16, 3),
+                                                 torch.zeros(16, 4)]),
+         lambda v: discrete.decode_patches(v)),
+        ("expected_embedding", "probs", st.sampled_from([None, torch.ones(2, 5),
+                                                         torch.full((2, 32), nan)]),
+         lambda v: discrete.expected_embedding(v, cb)),
+        ("nearest_code", "codebook", st.sampled_from([None, torch.zeros(4),
+                                                      torch.full((3, 4), nan)]),
+         lambda v: discrete.nearest_code(torch.zeros(2, 4), v)),
+        ("guide_logits", "lr", bad_positive,
+         lambda v: discrete.guide_logits(torch.zeros(1, 16, 32), energy, cb, lr=v)),
+        ("guide_logits", "steps", st.sampled_from([-1, 1.5, None, "3"]),
+         lambda v: discrete.guide_logits(torch.zeros(1, 16, 32), energy, cb, steps=v)),
+        ("sample_aps", "guidance", bad_options(*discrete.GUIDANCE),
+         lambda v: run(guidance=v)),
+        ("sample_aps", "remask", bad_options(*discrete.REMASKING),
+         lambda v: run(remask=v)),
+        ("sample_aps", "candidate", bad_options(*discrete.CANDIDATES),
+         lambda v: run(candidate=v)),
+        ("sample_aps", "energy", not_callables, lambda v: run(energy=v)),
+        ("sample_aps", "kl_weight", st.sampled_from([-1.0, nan, inf, None]),
+         lambda v: run(kl_weight=v)),
+        ("sample_aps", "generator", bad_generators, lambda v: run(generator=v)),
+        ("sample_best_of_n", "n", bad_counts,
+         lambda v: discrete.sample_best_of_n(den, x, [1.0, 0.0], energy=energy,
+                                             codebook=cb, n=v)),
+    ]
+
+
+APS_BAD_LABELS = [
+    "Downsample-factor", "BoxInpaint-size", "GaussianBlur-sigma", "TanhBlur-gain",
+    "Operator-x", "measure-sigma_y", "measure-operator", "residual_loss-y",
+    "decode_patches-e", "expected_embedding-probs", "nearest_code-codebook",
+    "guide_logits-lr", "guide_logits-steps", "sample_aps-guidance",
+    "sample_aps-remask", "sample_aps-candidate", "sample_aps-energy",
+    "sample_aps-kl_weight", "sample_aps-generator", "sample_best_of_n-n",
+]
+
+
+@pytest.mark.parametrize("index", range(len(APS_BAD_LABELS)),
+                         ids=[f"{i}-{a}" for i, a in enumerate(APS_BAD_LABELS)])
+@FEW
+@given(data_=st.data())
+def test_aps_bad_input_gives_a_value_error_naming_the_argument(index, data_):
+    _check_bad_case(_aps_bad_cases()[index], APS_BAD_LABELS[index], data_)
+
 
 
 # === coverage of the public API =======================================================

@@ -420,8 +420,15 @@ class DiscreteProcess:
         return self._score_from_x0(x_t, w, t)
 
     def _score_from_x0(self, x_t, w, t):
-        D = self._matrix(torch.tensor(0.0, dtype=F64), torch.tensor(t, dtype=F64))
-        Dx = D.T[x_t]
+        """``t``: a float, or a (B,) float64 tensor (one matrix per row)."""
+        tt = t if torch.is_tensor(t) else torch.tensor(t, dtype=F64)
+        D = self._matrix(torch.zeros_like(tt), tt)
+        if D.dim() == 2:
+            Dx = D.T[x_t]
+        else:  # Dx[b, l, k] = D[b, k, x_t[b, l]]
+            Dx = D.transpose(1, 2).gather(
+                1, x_t[..., None].expand(-1, -1, D.shape[-1])
+            )
         w = torch.where(Dx > 0, w, torch.zeros_like(w))
         w = w / w.sum(-1, keepdim=True).clamp(min=1e-300)
         v = torch.where(Dx > 0, w / Dx.clamp(min=1e-300), torch.zeros_like(w))
@@ -595,9 +602,11 @@ def antithetic_times(
     n: int, generator: torch.Generator | None = None, *, t_min: float = 1e-3
 ) -> torch.Tensor:
     r"""``n`` low-discrepancy (antithetic) times in $[t_{\min},1)$, float64:
-    $t_i=t_{\min}+(1-t_{\min})(u+i)/n$ with one uniform $u$ (MDLM's ``_sample_t``):
-    one per stratum, so the Monte Carlo ELBO has far less variance than with i.i.d.
-    times."""
+    $t_i=t_{\min}+(1-t_{\min})(u+i)/n$ with one shared uniform $u$: one time per
+    stratum, so the Monte Carlo ELBO has far less variance than with i.i.d. times.
+    (MDLM's ``_sample_t`` draws one uniform per stratum instead; both are unbiased
+    for the mean over i.i.d. examples. Example $i$ always lands in stratum $i$, so the
+    estimate of one fixed example is not unbiased on its own.)"""
     n = C.positive_int(n, "n")
     t_min = C.in_range(t_min, "t_min", 0.0, 1.0, hi_open=True)
     C.generator(generator)
@@ -669,7 +678,7 @@ def score_entropy_loss(
     Its mean over $t\sim U[0,1]$ and $x_t$ is SEDD's ELBO (DWDSE) on
     $-\log p_\theta(x_0)$; for the absorbing chain with a score made from clean-token
     probabilities it equals :func:`masked_elbo_loss` term by term. NFE: one for the
-    absorbing chain, one per distinct time otherwise."""
+    batch (the network gets the (B,) times)."""
     p, x0, t, x_t = _loss_inputs(denoiser, x0, t, x_t, generator)
     onehot = torch.nn.functional.one_hot(x0, p.n_states).to(F64)
     if p.kind == "absorbing":
@@ -685,20 +694,17 @@ def score_entropy_loss(
             ss = denoiser._score(x_t, t) * ((1 - a) / a)
         w = (x_t == p.mask_index)[..., None] * p.Q.T[x_t]
         return _score_entropy(ss, onehot, w, c, x_t)
-    out = torch.zeros(x0.shape[0], dtype=F64)
-    for tv in torch.unique(t).tolist():  # one NFE per distinct time
-        rows = t == tv
-        xt = x_t[rows]
-        c = float(p.schedule.rate(torch.tensor(tv, dtype=F64)))
-        if not math.isfinite(c):
-            raise ValueError(
-                f"score_entropy_loss: the rate beta(t) is infinite at t = {tv}; "
-                f"use t < 1 or a schedule with alpha_1 > 0"
-            )
-        ss = denoiser._score(xt, tv)
-        rr = p._score_from_x0(xt, onehot[rows], tv)
-        out[rows] = _score_entropy(ss, rr, p.Q.T[xt], torch.tensor(c), xt)
-    return out
+    c = p.schedule.rate(t)
+    if not bool(torch.isfinite(c).all()):
+        bad = float(t[~torch.isfinite(c)][0])
+        raise ValueError(
+            f"score_entropy_loss: the rate beta(t) is infinite at t = {bad}; "
+            f"use t < 1 or a schedule with alpha_1 > 0"
+        )
+    # one NFE for the batch: the network gets the (B,) times
+    ss = denoiser._score(x_t, t)
+    rr = p._score_from_x0(x_t, onehot, t)
+    return _score_entropy(ss, rr, p.Q.T[x_t], c, x_t)
 
 
 def _score_entropy(ss, rr, w, c, x_t):
