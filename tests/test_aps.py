@@ -160,6 +160,28 @@ def test_a_fully_observed_image_is_recovered_by_quantized_guidance():
         assert (out == TOK[:8]).double().mean() > 0.95, remask
 
 
+
+def test_snapped_anchored_candidates_are_deterministic_sampled_ones_are_not():
+    """With candidate="snap" and anchored remasking nothing random is left (the
+    candidate is the snap of the guided pi, its confidence a function of pi): two
+    generators give the same tokens. Drawn candidates differ (the chapter's diversity
+    column, RMS difference 0 for the snapped variant, relies on this)."""
+    den = toy_denoiser()
+    x = torch.full((6, L), K)
+    ts = torch.linspace(1, 0, 5).tolist()
+    target = CB.double()[TOK[:6]]
+
+    def energy(e):
+        return ((e - target) ** 2).sum((1, 2))
+
+    out = {}
+    for cand in ("snap", "sample"):
+        out[cand] = [aps.sample_aps(den, x, ts, energy=energy, codebook=CB,
+                                    candidate=cand, inner_steps=3, generator=gen(s))
+                     for s in (1, 2)]
+    assert torch.equal(*out["snap"])
+    assert not torch.equal(*out["sample"])
+
 def test_best_of_n_picks_the_lowest_energy_and_n1_is_unguided():
     den = toy_denoiser()
     x = torch.full((10, L), K)
