@@ -81,18 +81,20 @@ def neighbour_fn(K):
 
 
 def test_one_pass_closed_form_is_the_fixed_point_adam_reaches():
+    # under the cosine schedule Euler is not exact in the rate, so the factors must
+    # move away from 1 (ideal factors 0.97, 0.89, 0.78 at M = 4): agreement of Adam
+    # (started at a = 1) with the closed form then means something
     K, L, M = 6, 12, 4
     den = D.CategoricalDenoiser(neighbour_fn(K), D.DiscreteProcess.absorbing(
-        K, D.LinearKeep(1e-3)))
-    closed = torch.stack([D.distill_lsd(den, M, L, teacher_substeps=4,
-                                        batch_size=256, generator=gen(10 + i)).factors
-                          for i in range(3)])
+        K, D.CosineKeep()))
+    closed = D.distill_lsd(den, M, L, teacher_substeps=4, batch_size=512,
+                           generator=gen(10)).factors
     adam = D.distill_lsd(den, M, L, iters=60, lr=0.02, teacher_substeps=4,
-                         batch_size=128, generator=gen(20))
-    sd = closed.std(0)[:-1].max().item()
-    gap = (adam.factors - closed.mean(0))[:-1].abs().max().item()
-    assert gap < 4 * sd * (1 / 3**0.5 + 2) + 1e-3, (gap, sd)
-    assert float((closed.mean(0)[:-1] - 1).abs().max()) > 0  # not trivially 1
+                         batch_size=128, generator=gen(20)).factors
+    reach = float((closed - 1).abs().max())
+    assert reach > 0.1, closed  # the correction the schedule demands is found
+    gap = float((adam - closed).abs().max())
+    assert gap < reach / 2, (adam, closed)  # the start a = 1 would fail this
 
 
 def test_lsd_plus_grid_stays_monotone_and_inside_and_sampling_spends_m_nfe():

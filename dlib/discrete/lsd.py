@@ -310,7 +310,8 @@ def distill_lsd(
     the relaxed objective, each training start has ``ceil(relax * L)`` positions
     revealed with uniformly random tokens. The last factor is fixed at 1 (a step to
     $t=0$ reveals every position). ``closed_form`` of the result: the least-squares
-    factors at the learned parameters, on one more batch."""
+    factors (for ``iters=0`` those of the single pass, equal to ``factors`` but for
+    the last one; for ``iters>0`` at the learned parameters, on one more batch)."""
     denoiser = _absorbing(denoiser)
     steps = C.positive_int(steps, "steps")
     L = C.positive_int(length, "length")
@@ -330,17 +331,22 @@ def distill_lsd(
     losses: list[float] = []
     nfe0 = denoiser.nfe
     nfe = {"teacher": 0}
-    for _ in _iterations(max(iters, 1), progress and iters > 0):
+    if iters == 0:  # one pass: each factor set to its least-squares value in turn
+        with torch.no_grad():
+            loss, ls = _pass(denoiser, log_a, theta, steps, teacher_substeps,
+                             batch_size, L, relax, generator, closed=True, nfe=nfe)
+        losses.append(float(loss))
+    for _ in _iterations(iters, progress) if iters > 0 else ():
         loss, _ = _pass(denoiser, log_a, theta, steps, teacher_substeps, batch_size,
-                        L, relax, generator, closed=iters == 0, nfe=nfe)
+                        L, relax, generator, closed=False, nfe=nfe)
         losses.append(float(loss.detach()))
-        if opt is not None:
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        _, ls = _pass(denoiser, log_a, theta, steps, teacher_substeps, batch_size, L,
-                      relax, generator, closed=iters == 0, nfe=nfe)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if iters > 0:
+        with torch.no_grad():
+            _, ls = _pass(denoiser, log_a, theta, steps, teacher_substeps, batch_size,
+                          L, relax, generator, closed=False, nfe=nfe)
     factors = torch.exp(log_a.detach()) if iters > 0 else ls.clone()
     factors[-1] = 1.0
     ts = step_times(theta.detach())
