@@ -33,6 +33,7 @@ import torch
 from .. import _checks as C
 from .._loop import _steps
 from .process import F64, _denoiser, _gumbel_argmax, _grid, _tokens
+from .samplers import _reveal_count, _reveal_top
 
 __all__ = [
     "GUIDANCE",
@@ -279,16 +280,9 @@ def sample_aps(
 def _aps(denoiser, x, ts, energy, codebook, guidance, remask, candidate, inner_steps,
          lr, kl_weight, generator, callback, progress):
     p = denoiser.process
-    sch = p.schedule
-    L = x.shape[1]
-    pos = torch.arange(L, dtype=F64, device=x.device)
     for i, t, s in _steps(ts, progress, "APS"):
-        a_t = float(sch._alpha(torch.tensor(t, dtype=F64)))
-        a_s = float(sch._alpha(torch.tensor(s, dtype=F64)))
         masked = x == p.mask_index
-        m = masked.sum(-1).to(F64)
-        frac = (1 - a_s) / (1 - a_t) if a_t < 1 else 0.0
-        k = m - torch.round(m * frac) if s > 0 else m
+        k = _reveal_count(p.schedule, t, s, masked)
         with torch.no_grad():
             prior = denoiser._x0_probs(x, t)
         logits = torch.log(prior.clamp(min=1e-30))
@@ -307,10 +301,7 @@ def _aps(denoiser, x, ts, energy, codebook, guidance, remask, candidate, inner_s
             dev = generator.device if generator is not None else x.device
             score = torch.rand(x.shape, generator=generator, dtype=F64, device=dev)
             score = score.to(x.device)
-        key = torch.where(masked, score, torch.full_like(score, -1.0)) - 1e-12 * pos
-        rank = key.argsort(-1, descending=True).argsort(-1)
-        reveal = masked & (rank < k[:, None])
-        x = torch.where(reveal, cand, x)
+        x, reveal = _reveal_top(x, masked, cand, score, k)
         if callback is not None:
             callback({"i": i, "t": t, "t_next": s, "x": x, "x0": pi,
                       "revealed": reveal})

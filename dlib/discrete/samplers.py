@@ -199,26 +199,38 @@ def sample_confidence(
         )
     temperature = C.in_range(temperature, "temperature", 0.0, float("inf"),
                              hi_open=True)
-    sch = p.schedule
-    L = x.shape[1]
-    pos = torch.arange(L, dtype=F64)
     for i, t, s in _steps(ts, progress, "confidence"):
-        a_t = float(sch._alpha(torch.tensor(t, dtype=F64)))
-        a_s = float(sch._alpha(torch.tensor(s, dtype=F64)))
         masked = x == p.mask_index
-        m = masked.sum(-1).to(F64)
-        frac = (1 - a_s) / (1 - a_t) if a_t < 1 else 0.0
-        k = m - torch.round(m * frac) if s > 0 else m
+        k = _reveal_count(p.schedule, t, s, masked)
         x0 = denoiser._x0_probs(x, t)
         if temperature == 0:
             cand = x0.argmax(-1)
         else:
             cand = _gumbel_argmax(_log(x0) / temperature, generator)
         conf = x0.gather(-1, cand[..., None]).squeeze(-1)
-        # masked first, then by confidence, then by position (stable ranking)
-        key = torch.where(masked, conf, torch.full_like(conf, -1.0)) - 1e-12 * pos
-        rank = key.argsort(-1, descending=True).argsort(-1)
-        reveal = masked & (rank < k[:, None])
-        x = torch.where(reveal, cand, x)
+        x, _ = _reveal_top(x, masked, cand, conf, k)
         _report(callback, i, t, s, x, x0)
     return _finish(denoiser, x, ts[-1], final_argmax)
+
+
+def _reveal_count(schedule, t: float, s: float, masked: torch.Tensor) -> torch.Tensor:
+    """How many of the masked positions of each row a step from t to s reveals: the
+    expected number m (alpha_s - alpha_t) / (1 - alpha_t), rounded; all of them when
+    s = 0. Float64 (B,)."""
+    a_t = float(schedule._alpha(torch.tensor(t, dtype=F64)))
+    a_s = float(schedule._alpha(torch.tensor(s, dtype=F64)))
+    m = masked.sum(-1).to(F64)
+    stay = (1 - a_s) / (1 - a_t) if a_t < 1 else 0.0
+    return m - torch.round(m * stay) if s > 0 else m
+
+
+def _reveal_top(x, masked, cand, score, k):
+    """Reveal, in each row, the ``k`` masked positions of highest ``score`` with their
+    candidate tokens (ties broken by position, so the order is deterministic).
+    Returns the new tokens and the revealed positions."""
+    pos = torch.arange(x.shape[1], dtype=F64, device=x.device)
+    score = score.to(F64)
+    key = torch.where(masked, score, torch.full_like(score, -1.0)) - 1e-12 * pos
+    rank = key.argsort(-1, descending=True).argsort(-1)
+    reveal = masked & (rank < k[:, None])
+    return torch.where(reveal, cand, x), reveal
