@@ -425,9 +425,23 @@ def patch_encode(images: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"images must have shape (N, 1, 8, 8) or (N, 64); got {shape}")
     C.tensor(images, "images", floating=True)
     images = images.reshape(-1, 1, 8, 8)
-    x = _patches(images.double(), p)
-    d = torch.cdist(x, codebook.double()[None].expand(len(x), -1, -1))
-    return d.argmin(-1)
+    return _nearest_code(_patches(images.double(), p), codebook)
+
+
+def _nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """The tokenizer's rule, one home for it: the index of the nearest codebook row
+    (Euclidean distance in float64) for every vector of ``x`` (..., d); int64 of
+    shape ``x.shape[:-1]``. Not differentiable (APS passes gradients around it)."""
+    flat = x.detach().reshape(-1, x.shape[-1]).double()
+    d = torch.cdist(flat, codebook.detach().double().to(flat.device))
+    return d.argmin(-1).reshape(x.shape[:-1])
+
+
+def _place_patches(e: torch.Tensor) -> torch.Tensor:
+    """Patch vectors (N, g*g, p*p), row-major, placed into images (N, 1, g*p, g*p);
+    linear, so exactly differentiable (the decoder of APS, chapter III.3)."""
+    N, g, p = e.shape[0], math.isqrt(e.shape[1]), math.isqrt(e.shape[2])
+    return e.reshape(N, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(N, 1, g * p, g * p)
 
 
 def patch_decode(tokens: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -442,10 +456,7 @@ def patch_decode(tokens: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"tokens must be an integer tensor; got {tokens.dtype}")
     if bool(((tokens < 0) | (tokens >= len(codebook))).any()):
         raise ValueError(f"tokens must hold values in 0..{len(codebook) - 1}")
-    N = tokens.shape[0]
-    x = codebook.float()[tokens]  # (N, g*g, p*p)
-    x = x.reshape(N, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(N, 1, 8, 8)
-    return x
+    return _place_patches(codebook.float()[tokens])
 
 
 def digit_tokens(

@@ -52,6 +52,9 @@ def test_decode_patches_and_nearest_code_are_the_tokenizer():
     patches = x[:20].reshape(20, 4, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(20, 16, 4)
     assert torch.equal(aps.decode_patches(patches), data.to_images(x[:20]))
     assert torch.equal(aps.nearest_code(patches, CB), data.patch_encode(x[:20], CB))
+    # both share data._nearest_code: check it against brute-force squared distances
+    d = ((patches.double()[:, :, None] - CB.double()[None, None]) ** 2).sum(-1)
+    assert torch.equal(aps.nearest_code(patches, CB), d.argmin(-1))
 
 
 def test_quantized_expectation_value_is_the_snap_and_gradient_is_straight_through():

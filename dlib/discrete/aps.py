@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 
 from .. import _checks as C
+from ..data import _nearest_code, _place_patches
 from .._loop import _steps
 from .process import F64, _denoiser, _gumbel_argmax, _grid, _tokens
 from .samplers import _reveal_count, _reveal_top
@@ -76,8 +77,7 @@ def decode_patches(e: torch.Tensor) -> torch.Tensor:
             f"{tuple(e.shape)}"
         )
     C.tensor(e, "e", floating=True, nonempty=False)
-    B = e.shape[0]
-    return e.reshape(B, g, g, p, p).permute(0, 1, 3, 2, 4).reshape(B, 1, g * p, g * p)
+    return _place_patches(e)
 
 
 def nearest_code(e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -91,13 +91,9 @@ def nearest_code(e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
             f"e must have the codebook's last dimension {codebook.shape[1]}; got "
             f"{e.shape[-1]}"
         )
-    return _nearest(e, codebook)
+    return _nearest_code(e, codebook)
 
 
-def _nearest(e, codebook):
-    flat = e.detach().reshape(-1, e.shape[-1]).to(F64)
-    d = torch.cdist(flat, codebook.detach().to(F64).to(flat.device))
-    return d.argmin(-1).reshape(e.shape[:-1])
 
 
 def expected_embedding(
@@ -124,7 +120,7 @@ def _expected(probs, codebook, quantize):
     e = probs @ cb
     if not quantize:
         return e
-    snapped = cb[_nearest(e, cb)]
+    snapped = cb[_nearest_code(e, cb)]
     return e + (snapped - e).detach()
 
 
@@ -294,7 +290,8 @@ def _aps(denoiser, x, ts, energy, codebook, guidance, remask, candidate, inner_s
         pi = torch.where(masked[..., None], pi, prior)
         cand = _gumbel_argmax(torch.log(pi.clamp(min=1e-300)), generator)
         if candidate == "snap":
-            cand = torch.where(masked, _nearest(pi @ codebook.to(F64), codebook), cand)
+            snap = _nearest_code(pi @ codebook.to(F64), codebook)
+            cand = torch.where(masked, snap, cand)
         if remask == "anchored":
             score = pi.gather(-1, cand[..., None]).squeeze(-1)
         else:

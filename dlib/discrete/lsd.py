@@ -31,7 +31,7 @@ import torch
 
 from .. import _checks as C
 from .._loop import _report, _steps
-from .process import F64, _denoiser, _grid, _tokens
+from .process import F64, _denoiser, _grid, _gumbel, _tokens
 
 __all__ = [
     "lsd_noise",
@@ -70,10 +70,7 @@ def lsd_noise(
     C.generator(generator)
     dev = generator.device if generator is not None else "cpu"
     u = torch.rand(tuple(shape), generator=generator, dtype=F64, device=dev).cpu()
-    v = torch.rand(tuple(shape) + (K,), generator=generator, dtype=F64,
-                   device=dev).cpu()
-    g = -torch.log(-torch.log(v.clamp(min=torch.finfo(F64).tiny)))
-    return u, g
+    return u, _gumbel(tuple(shape) + (K,), generator, "cpu")
 
 
 def _check_noise(noise, x, K):
@@ -114,7 +111,7 @@ def _reveal_prob(process, t, s, a, x0, exponent):
     alpha, d_alpha = float(sch._alpha(tt)), float(sch._d_alpha(tt))
     logp = torch.log(x0.clamp(min=0.0))
     if not exponent:
-        lam = -d_alpha / (1 - alpha)  # beta * alpha / (1 - alpha), finite at t = 1
+        lam = float(sch._elbo_weight(tt))  # beta alpha / (1 - alpha), finite at t = 1
         pi = torch.full(x0.shape[:-1], min(1.0, a * (t - s) * lam), dtype=F64)
         return pi, logp
     # released-code variant: the log-score is multiplied, s^a = (rho p)^a
@@ -175,11 +172,7 @@ def sample_lsd(
         pi, logits = _reveal_prob(p, t, s, a[i], x0, exponent)
         if s == 0.0:  # the exact reverse process has revealed everything at t = 0
             pi = torch.ones_like(pi)
-        new_level = level * (1 - pi)
-        reveal = masked & (u >= new_level)
-        level = torch.where(masked, new_level, level)
-        tok = (logits + g).argmax(-1)
-        x = torch.where(reveal, tok, x)
+        x, level = _reveal(x, level, u, g, logits, pi, p.mask_index)
         _report(callback, i, t, s, x, x0)
     masked = x == p.mask_index
     if final_argmax and bool(masked.any()):
@@ -241,11 +234,6 @@ class LSDResult:
     losses: list[float] = field(default_factory=list)
     teacher_nfe: int = 0
     student_nfe: int = 0
-
-
-def _rate_scale(schedule, t):
-    r"""$-\alpha'_t/(1-\alpha_t)$ on a float64 tensor (differentiable)."""
-    return -schedule._d_alpha(t) / (1 - schedule._alpha(t))
 
 
 def _reveal(x, level, u, g, logp, pi, mask):
@@ -376,7 +364,7 @@ def _pass(den, log_a, theta, M, n_sub, B, L, relax, gen, *, closed, nfe):
         masked = (x == p.mask_index)[..., None]
         with torch.no_grad():
             x0 = den._x0_probs(x, float(t))
-        stud = torch.where(masked, (t - s) * _rate_scale(sch, t) * x0, 0.0)
+        stud = torch.where(masked, (t - s) * sch._elbo_weight(t) * x0, 0.0)
         # the teacher: n_sub sub-steps from the same state with the same noise
         sub = t + (s - t) * torch.arange(n_sub + 1, dtype=F64) / n_sub
         xs, lev = x, level
@@ -389,7 +377,7 @@ def _pass(den, log_a, theta, M, n_sub, B, L, relax, gen, *, closed, nfe):
             with torch.no_grad():
                 q = den._x0_probs(xs, float(a_j))
             nfe["teacher"] += 1
-            rate = (a_j - b_j) * _rate_scale(sch, a_j)
+            rate = (a_j - b_j) * sch._elbo_weight(a_j)
             target = target + torch.where(mj[..., None], rate * q, 0.0)
             pi = rate.detach().clamp(max=1.0)
             if j == n_sub - 1 and float(b_j.detach()) == 0.0:
@@ -403,7 +391,7 @@ def _pass(den, log_a, theta, M, n_sub, B, L, relax, gen, *, closed, nfe):
         a = torch.exp(log_a[k]) if k < M - 1 else torch.ones((), dtype=F64)
         total = total + ((target - a * stud) ** 2).sum() / B
         with torch.no_grad():
-            pi = (a * (t - s) * _rate_scale(sch, t)).clamp(max=1.0)
+            pi = (a * (t - s) * sch._elbo_weight(t)).clamp(max=1.0)
             if k == M - 1:
                 pi = torch.ones((), dtype=F64)
             x, level = _reveal(x, level, u, g, torch.log(x0.clamp(min=0.0)), pi,

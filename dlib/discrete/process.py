@@ -74,13 +74,18 @@ def sample_categorical(
     return _gumbel_argmax(lp, generator)
 
 
+def _gumbel(shape, generator, device) -> torch.Tensor:
+    r"""Standard Gumbel noise of ``shape`` in float64 on ``device``, drawn from
+    ``generator`` (on its own device): $-\log(-\log u)$, $u\sim U(0,1)$."""
+    dev = generator.device if generator is not None else device
+    u = torch.rand(shape, generator=generator, dtype=F64, device=dev)
+    u = u.to(device).clamp_(min=torch.finfo(F64).tiny)
+    return -torch.log(-torch.log(u))
+
+
 def _gumbel_argmax(logp: torch.Tensor, generator) -> torch.Tensor:
     """Trusted float64 log-probabilities; argmax of logp + Gumbel noise."""
-    dev = generator.device if generator is not None else logp.device
-    u = torch.rand(logp.shape, generator=generator, dtype=F64, device=dev)
-    u = u.to(logp.device).clamp_(min=torch.finfo(F64).tiny)
-    g = -torch.log(-torch.log(u))
-    return (logp.to(F64) + g).argmax(-1)
+    return (logp.to(F64) + _gumbel(logp.shape, generator, logp.device)).argmax(-1)
 
 
 # --- scalar schedules -----------------------------------------------------------------
